@@ -1,0 +1,150 @@
+"""The family table: one `ArchitectureSpec` per HF ``model_type``.
+
+Data only. Adding an architecture means adding a row; review it like a table.
+Each entry is checked at load (structure, shapes) and by ``model.check()``
+(numerics) before its values are trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._spec import ArchitectureSpec
+
+__all__ = ["get_spec", "register_spec", "registered_model_types"]
+
+# --- shared layouts ----------------------------------------------------------
+LLAMA_LIKE = ArchitectureSpec(
+    embed_tokens="model.embed_tokens",
+    layers="model.layers",
+    final_norm="model.norm",
+)
+GPT2_LIKE = ArchitectureSpec(
+    embed_tokens="transformer.wte",
+    layers="transformer.h",
+    final_norm="transformer.ln_f",
+    attention="attn",
+)
+PARALLEL_GPTJ = GPT2_LIKE.with_(block="parallel")
+SANDWICH = LLAMA_LIKE.with_(block="sandwich")
+
+
+def _opt_block(config: Any) -> str:
+    return "sequential" if getattr(config, "do_layer_norm_before", True) else "post_norm"
+
+
+_SPECS: dict[str, ArchitectureSpec] = {
+    # GPT-2 style: transformer.h, attn, mlp
+    "gpt2": GPT2_LIKE,
+    "gpt_bigcode": GPT2_LIKE,
+    "gptj": PARALLEL_GPTJ,
+    "codegen": PARALLEL_GPTJ,
+    "gpt_neox": ArchitectureSpec(
+        embed_tokens="gpt_neox.embed_in",
+        layers="gpt_neox.layers",
+        final_norm="gpt_neox.final_layer_norm",
+        attention="attention",
+        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", True)
+        else "sequential",
+    ),
+    "opt": ArchitectureSpec(
+        embed_tokens="model.decoder.embed_tokens",
+        layers="model.decoder.layers",
+        final_norm="model.decoder.final_layer_norm",
+        pre_unembed=("model.decoder.project_out",),
+        mlp=None,
+        mlp_input="fc1",
+        mlp_output="fc2",
+        block=_opt_block,
+        notes="No single MLP module: mlps_input is fc1's input, mlps_output is fc2's output.",
+    ),
+    "bloom": ArchitectureSpec(
+        embed_tokens="transformer.word_embeddings",
+        layers="transformer.h",
+        final_norm="transformer.ln_f",
+        attention="self_attention",
+        attention_output="self_attention.dense",
+        mlp_output="mlp.dense_4h_to_h",
+        notes="Attention and MLP add the residual inside their modules; their "
+        "contributions are read at self_attention.dense and mlp.dense_4h_to_h.",
+    ),
+    "falcon": ArchitectureSpec(
+        embed_tokens="transformer.word_embeddings",
+        layers="transformer.h",
+        final_norm="transformer.ln_f",
+        attention="self_attention",
+        block=lambda config: "parallel"
+        if getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False)
+        else "sequential",
+    ),
+    # Llama style: model.layers, self_attn, mlp, model.norm
+    "llama": LLAMA_LIKE,
+    "mistral": LLAMA_LIKE,
+    "mixtral": LLAMA_LIKE,
+    "qwen2": LLAMA_LIKE,
+    "qwen2_moe": LLAMA_LIKE,
+    "qwen3": LLAMA_LIKE,
+    "qwen3_moe": LLAMA_LIKE,
+    "gemma": LLAMA_LIKE,
+    "phi3": LLAMA_LIKE,
+    "olmo": LLAMA_LIKE,
+    "stablelm": LLAMA_LIKE.with_(
+        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", False)
+        else "sequential"
+    ),
+    "starcoder2": LLAMA_LIKE,
+    "gemma2": SANDWICH.with_(logit_softcap="final_logit_softcapping"),
+    "gemma3_text": SANDWICH.with_(logit_softcap="final_logit_softcapping"),
+    "olmo2": SANDWICH,
+    "phi": LLAMA_LIKE.with_(final_norm="model.final_layernorm", block="parallel"),
+    "cohere": LLAMA_LIKE.with_(block="parallel", logit_scale="logit_scale"),
+    "granite": LLAMA_LIKE.with_(
+        residual_multiplier="residual_multiplier", logit_divisor="logits_scaling"
+    ),
+}
+
+
+def get_spec(model_type: str) -> ArchitectureSpec | None:
+    """The registered spec of ``model_type``, or ``None`` when there is none.
+
+    Example::
+
+        >>> get_spec("llama").layers
+        'model.layers'
+    """
+    return _SPECS.get(model_type)
+
+
+def register_spec(model_type: str, spec: ArchitectureSpec, *, overwrite: bool = False) -> None:
+    """Register ``spec`` for every future model of ``model_type``.
+
+    Example::
+
+        >>> register_spec("my_llama", get_spec("llama"))
+
+    Args:
+        model_type: The HF ``config.model_type``.
+        spec: Its layout.
+        overwrite: Replace an existing entry instead of refusing.
+
+    Raises:
+        InputError: ``model_type`` is registered already and ``overwrite`` is false.
+    """
+    from ._errors import InputError
+
+    if model_type in _SPECS and not overwrite:
+        raise InputError(
+            f"a spec for {model_type!r} is registered already; pass overwrite=True to replace it"
+        )
+    _SPECS[model_type] = spec
+
+
+def registered_model_types() -> tuple[str, ...]:
+    """Every ``model_type`` with a registered spec, sorted.
+
+    Example::
+
+        >>> "gpt2" in registered_model_types()
+        True
+    """
+    return tuple(sorted(_SPECS))

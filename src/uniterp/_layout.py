@@ -1,0 +1,354 @@
+"""Load-time structural probe: where each standardized value sits, layer by layer.
+
+One forward on a two-prompt batch (under nnsight's ``scan``, i.e. fake tensors and
+no weights, when the model allows it) with plain PyTorch hooks on every module a
+standardized value comes from. From what the hooks see we fix, per layer, whether
+a module returns a tensor or a tuple, which argument carries the hidden states,
+and whether a value is flattened to ``(batch * seq, hidden)``; and we check every
+value has the shape it should.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+
+from ._errors import ArchitectureError
+from ._spec import ArchitectureSpec
+
+__all__ = ["LAYER_SITES", "Layout", "Locator", "probe_layout"]
+
+logger = logging.getLogger("uniterp")
+
+#: Per-layer standardized values, in forward order.
+LAYER_SITES: tuple[str, ...] = (
+    "layers_input",
+    "attentions_input",
+    "attentions_output",
+    "mlps_input",
+    "mlps_output",
+    "layers_output",
+)
+
+_PROBE_PROMPTS = ["The Eiffel Tower is in the city of", "hello world"]
+
+
+@dataclass(frozen=True)
+class Locator:
+    """Where one value lives: a module, its input or output, and which element.
+
+    Attributes:
+        path: Native module path relative to the ``*ForCausalLM`` module.
+        io: ``"input"`` or ``"output"``.
+        key: For inputs, the positional index (int) or keyword name (str) of the
+            hidden states; for outputs, the tuple index, or ``None`` for a tensor.
+        flat: The module sees ``(batch * seq, hidden)`` instead of ``(batch, seq, hidden)``.
+        tuple_len: Length of the output tuple (0 for a tensor output).
+        tuple_nones: Indices of tuple elements that were ``None`` at probe time.
+        clone: The model modifies this tensor in place later in the forward pass
+            (Falcon adds the attention output into the MLP output), so a read
+            takes a copy to keep the value as the module produced it.
+    """
+
+    path: str
+    io: Literal["input", "output"]
+    key: int | str | None
+    flat: bool = False
+    tuple_len: int = 0
+    tuple_nones: tuple[int, ...] = ()
+    clone: bool = False
+
+
+@dataclass
+class Layout:
+    """The probe's findings for one model.
+
+    Attributes:
+        token_embeddings: Locator of the embedding output.
+        layers: One dict per layer mapping a site name to its `Locator`.
+        unavailable: One dict per layer mapping a site name to the reason it is
+            unavailable there.
+        probed_with: ``"scan"`` (fake tensors, no weights) or ``"forward"``.
+    """
+
+    token_embeddings: Locator
+    layers: list[dict[str, Locator]] = field(default_factory=list)
+    unavailable: list[dict[str, str]] = field(default_factory=list)
+    probed_with: str = "scan"
+
+    @property
+    def has_flat_sites(self) -> bool:
+        """Whether any value is flattened and needs the batch shape to unflatten."""
+        return any(loc.flat for layer in self.layers for loc in layer.values())
+
+
+@dataclass
+class _Seen:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Any
+    calls: int = 1
+    # (where, tensor, version at hook time): where is ("arg", i), ("kwarg", k) or ("out", i|None)
+    live: list[tuple[tuple[str, Any], torch.Tensor, int]] = field(default_factory=list)
+
+    def mutated(self, where: tuple[str, Any]) -> bool:
+        """Whether the tensor at ``where`` was modified in place after the hook ran."""
+        return any(w == where and t._version != v for w, t, v in self.live)
+
+
+def _meta(x: Any) -> Any:
+    """Replace tensors by ``("T", shape)`` so nothing fake outlives the probe."""
+    if isinstance(x, torch.Tensor):
+        return ("T", tuple(x.shape))
+    if isinstance(x, (tuple, list)):
+        return tuple(_meta(y) for y in x)
+    if x is None:
+        return None
+    return type(x).__name__
+
+
+def _is_tensor(m: Any) -> bool:
+    return isinstance(m, tuple) and len(m) == 2 and m[0] == "T"
+
+
+def _hidden_like(m: Any, batch: int, seq: int, hidden: int | None) -> str | None:
+    """``"full"``/``"flat"`` when ``m`` looks like a hidden-state tensor, else ``None``."""
+    if not _is_tensor(m):
+        return None
+    shape = m[1]
+    if len(shape) == 3 and shape[:2] == (batch, seq) and (hidden is None or shape[2] == hidden):
+        return "full"
+    if len(shape) == 2 and shape[0] == batch * seq and (hidden is None or shape[1] == hidden):
+        return "flat"
+    return None
+
+
+def _find_input(seen: _Seen, batch: int, seq: int, hidden: int | None) -> tuple[int | str, bool] | None:
+    if seen.args:
+        kind = _hidden_like(seen.args[0], batch, seq, hidden)
+        if kind:
+            return 0, kind == "flat"
+
+    if "hidden_states" in seen.kwargs:
+        kind = _hidden_like(seen.kwargs["hidden_states"], batch, seq, hidden)
+        if kind:
+            return "hidden_states", kind == "flat"
+    for index, arg in enumerate(seen.args):
+        kind = _hidden_like(arg, batch, seq, hidden)
+        if kind:
+            return index, kind == "flat"
+    for name, arg in seen.kwargs.items():
+        kind = _hidden_like(arg, batch, seq, hidden)
+        if kind:
+            return name, kind == "flat"
+    return None
+
+
+def _describe(m: Any) -> str:
+    if _is_tensor(m):
+        return f"tensor{m[1]}"
+    if isinstance(m, tuple):
+        return "(" + ", ".join(_describe(x) for x in m) + ")"
+    return str(m)
+
+
+def _output_locator(path: str, seen: _Seen, batch: int, seq: int, hidden: int | None) -> Locator | str:
+    out = seen.output
+    kind = _hidden_like(out, batch, seq, hidden)
+    if kind:
+        return Locator(path, "output", None, flat=kind == "flat")
+    if isinstance(out, tuple) and out and not _is_tensor(out):
+        kind = _hidden_like(out[0], batch, seq, hidden)
+        if kind:
+            nones = tuple(i for i, x in enumerate(out) if x is None)
+            return Locator(path, "output", 0, kind == "flat", len(out), nones)
+    return f"output is {_describe(out)}, expected (batch, seq, hidden) = ({batch}, {seq}, {hidden})"
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.seen: dict[str, _Seen] = {}
+        self.handles: list[Any] = []
+        self.watched: set[str] = set()
+
+    def watch(self, path: str, module: torch.nn.Module) -> None:
+        if path in self.watched:
+            return
+        self.watched.add(path)
+        def hook(_m: Any, args: Any, kwargs: Any, output: Any) -> None:
+            if path in self.seen:
+                self.seen[path].calls += 1
+                return
+            seen = _Seen(_meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()}, _meta(output))
+            candidates: list[tuple[tuple[str, Any], Any]] = [(("arg", i), a) for i, a in enumerate(args)]
+            candidates += [(("kwarg", k), v) for k, v in kwargs.items()]
+            candidates.append((("out", None), output))
+            if isinstance(output, (tuple, list)) and output:
+                candidates.append((("out", 0), output[0]))
+            for where, tensor in candidates:
+                if isinstance(tensor, torch.Tensor):
+                    seen.live.append((where, tensor, tensor._version))
+            self.seen[path] = seen
+
+        self.handles.append(module.register_forward_hook(hook, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _module_at(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: int | None) -> Layout:
+    """Run the structural probe on a `StandardizedTransformer` under construction.
+
+    Example::
+
+        >>> layout = probe_layout(model, spec, "llama", 64)
+        >>> layout.layers[0]["layers_output"]
+        Locator(path='model.layers.0', io='output', key=None, ...)
+
+    Args:
+        model: The nnsight model (its ``_module`` may live on the meta device).
+        spec: The architecture spec.
+        model_type: For error messages.
+        hidden: ``hidden_size``; values are checked against it.
+
+    Returns:
+        The `Layout`.
+
+    Raises:
+        ArchitectureError: A module is missing, never runs, or a value has the
+            wrong shape.
+    """
+    root: torch.nn.Module = model._module
+    stack = _module_at(root, spec.layers)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ArchitectureError(model_type, "layers", [spec.layers], "no ModuleList at that path")
+    if _module_at(root, spec.embed_tokens) is None:
+        raise ArchitectureError(model_type, "embed_tokens", [spec.embed_tokens], "no module at that path")
+    if _module_at(root, spec.lm_head) is None:
+        raise ArchitectureError(model_type, "lm_head", [spec.lm_head], "no module at that path")
+    if spec.final_norm is not None and not hasattr_path(root, spec.final_norm):
+        raise ArchitectureError(model_type, "ln_final", [spec.final_norm], "no such attribute")
+
+    relative = {
+        "layers_input": ("", "input"),
+        "layers_output": ("", "output"),
+        "attentions_input": (spec.attention, "input"),
+        "attentions_output": (spec.attention_output_path(), "output"),
+        "mlps_input": (spec.mlp_input_path(), "input"),
+        "mlps_output": (spec.mlp_output_path(), "output"),
+    }
+    def watch_all(root: torch.nn.Module) -> tuple[_Recorder, list[dict[str, str]]]:
+        recorder = _Recorder()
+        recorder.watch(spec.embed_tokens, root.get_submodule(spec.embed_tokens))
+        missing: list[dict[str, str]] = []
+        for index in range(len(stack)):
+            base = f"{spec.layers}.{index}"
+            reasons: dict[str, str] = {}
+            for site, (rel, _io) in relative.items():
+                if rel is None:
+                    reasons[site] = "the architecture spec names no module for it"
+                    continue
+                path = f"{base}.{rel}" if rel else base
+                module = _module_at(root, path)
+                if module is None:
+                    if index == 0 or site.startswith("layers"):
+                        raise ArchitectureError(model_type, f"{site}[{index}]", [path], "no module at that path")
+                    reasons[site] = f"layer {index} has no module {rel!r}"
+                    continue
+                recorder.watch(path, module)
+            missing.append(reasons)
+        return recorder, missing
+
+    probed_with = "scan"
+    recorder, missing = watch_all(root)
+    try:
+        with model.scan(_PROBE_PROMPTS):
+            pass
+    except Exception as error:  # noqa: BLE001 - any scan failure falls back to a real forward
+        logger.info("uniterp: structural scan of %s failed (%s); probing with a real forward",
+                    model_type, error)
+        recorder.remove()
+        probed_with = "forward"
+        model.dispatch()
+        root = model._module
+        recorder, missing = watch_all(root)
+        encoded = model.tokenizer(_PROBE_PROMPTS, return_tensors="pt", padding=True)
+        device = next(root.parameters()).device
+        try:
+            with torch.no_grad():
+                root(**{k: v.to(device) for k, v in encoded.items()})
+        except Exception as forward_error:
+            raise ArchitectureError(model_type, "layers", [spec.layers],
+                                    f"the probe forward pass failed: {forward_error}") from forward_error
+    finally:
+        recorder.remove()
+    embed_seen = recorder.seen.get(spec.embed_tokens)
+    if embed_seen is None:
+        raise ArchitectureError(model_type, "token_embeddings", [spec.embed_tokens], "module never ran")
+    if not _is_tensor(embed_seen.output) or len(embed_seen.output[1]) != 3:
+        raise ArchitectureError(model_type, "token_embeddings", [spec.embed_tokens],
+                                f"output is {_describe(embed_seen.output)}, expected (batch, seq, dim)")
+    batch, seq = embed_seen.output[1][:2]
+    layout = Layout(token_embeddings=Locator(spec.embed_tokens, "output", None), probed_with=probed_with)
+
+    for index in range(len(stack)):
+        base = f"{spec.layers}.{index}"
+        locators: dict[str, Locator] = {}
+        reasons = missing[index]
+        for site, (rel, io) in relative.items():
+            if site in reasons:
+                continue
+            path = f"{base}.{rel}" if rel else base
+            seen = recorder.seen.get(path)
+            if seen is None:
+                raise ArchitectureError(model_type, f"{site}[{index}]", [path], "the module never ran in a forward pass")
+            if seen.calls > 1:
+                raise ArchitectureError(model_type, f"{site}[{index}]", [path],
+                                        f"the module ran {seen.calls} times in one forward pass")
+            if io == "input":
+                found = _find_input(seen, batch, seq, hidden)
+                if found is None:
+                    raise ArchitectureError(
+                        model_type, f"{site}[{index}]", [path],
+                        f"no argument of shape (batch, seq, hidden) = ({batch}, {seq}, {hidden}); "
+                        f"saw args {_describe(seen.args)} and keywords "
+                        f"{ {k: _describe(v) for k, v in seen.kwargs.items()} }",
+                    )
+                key, flat = found
+                where = ("arg", key) if isinstance(key, int) else ("kwarg", key)
+                locators[site] = Locator(path, "input", key, flat, clone=seen.mutated(where))
+            else:
+                found_out = _output_locator(path, seen, batch, seq, hidden)
+                if isinstance(found_out, str):
+                    raise ArchitectureError(model_type, f"{site}[{index}]", [path], found_out)
+                if seen.mutated(("out", found_out.key)):
+                    found_out = replace(found_out, clone=True)
+                locators[site] = found_out
+        if locators["layers_output"].flat or locators["layers_input"].flat:
+            raise ArchitectureError(model_type, f"layers_output[{index}]", [base],
+                                    "the decoder layer works on flattened tokens")
+        layout.layers.append(locators)
+        layout.unavailable.append(reasons)
+    return layout
+
+
+def hasattr_path(root: torch.nn.Module, path: str) -> bool:
+    """Whether the dotted attribute ``path`` exists on ``root`` (its value may be ``None``)."""
+    obj: Any = root
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True

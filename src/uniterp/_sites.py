@@ -1,0 +1,176 @@
+"""Readable/writable views of standardized values inside a trace.
+
+``model.layers_output`` is a `LayerValues`; indexing it inside ``model.trace()``
+reads the value, assigning to an index writes it, keeping the other elements of a
+tuple output intact.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from ._errors import LayerIndexError, UnavailableError
+from ._layout import Locator
+
+if TYPE_CHECKING:
+    from ._model import StandardizedTransformer
+
+__all__ = ["LayerList", "LayerValues", "read_value", "write_value"]
+
+
+def _envoy(model: StandardizedTransformer, path: str) -> Any:
+    cache = model._envoy_cache
+    envoy = cache.get(path)
+    if envoy is None:
+        envoy = model.get(path) if path else model
+        cache[path] = envoy
+    return envoy
+
+
+def _unflatten(model: StandardizedTransformer, value: torch.Tensor) -> torch.Tensor:
+    shape = model._batch_shape
+    if shape is None:  # pragma: no cover - the pre-hook always runs first
+        raise UnavailableError(model.model_type, "flattened value", "batch shape unknown")
+    return value.view(*shape, value.shape[-1])
+
+
+def read_value(model: StandardizedTransformer, loc: Locator) -> torch.Tensor:
+    """Read the value at ``loc`` in the running trace, shaped ``(batch, seq, hidden)``."""
+    envoy = _envoy(model, loc.path)
+    if loc.io == "output":
+        value = envoy.output
+        if loc.key is not None:
+            value = value[loc.key]
+    else:
+        args, kwargs = envoy.inputs
+        value = args[loc.key] if isinstance(loc.key, int) else kwargs[loc.key]
+    if loc.flat:
+        value = _unflatten(model, value)
+    if loc.clone:
+        value = value.clone()
+    return value
+
+
+def write_value(model: StandardizedTransformer, loc: Locator, value: torch.Tensor) -> None:
+    """Replace the value at ``loc`` in the running trace by ``value``."""
+    envoy = _envoy(model, loc.path)
+    if loc.flat:
+        value = value.reshape(-1, value.shape[-1])
+    if loc.io == "output":
+        if loc.key is None:
+            envoy.output = value
+        else:
+            current = envoy.output
+            items = list(current)
+            items[loc.key] = value
+            envoy.output = tuple(items)
+    else:
+        args, kwargs = envoy.inputs
+        if isinstance(loc.key, int):
+            new_args = list(args)
+            new_args[loc.key] = value
+            envoy.inputs = (tuple(new_args), kwargs)
+        else:
+            envoy.inputs = (args, {**kwargs, loc.key: value})
+
+
+def normalize_layer(model: StandardizedTransformer, index: Any, name: str) -> int:
+    """``index`` as a layer number in ``[0, num_layers)``; raise `LayerIndexError` otherwise."""
+    n = model.num_layers
+    if isinstance(index, torch.Tensor) and index.numel() == 1:
+        index = int(index.item())
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise LayerIndexError(
+            f"{name}[{index!r}]: a layer index must be an int in [-{n}, {n}); "
+            f"got {type(index).__name__}"
+        )
+    if not -n <= index < n:
+        raise LayerIndexError(
+            f"{name}[{index}]: layer index out of range for {model.model_type} with {n} layers "
+            f"(valid: -{n} to {n - 1})"
+        )
+    return index % n
+
+
+class LayerValues:
+    """One standardized value at every layer, e.g. ``model.layers_output``.
+
+    Example::
+
+        >>> with model.trace("The Eiffel Tower is in the city of"):
+        ...     h = model.layers_output[5].save()          # (batch, seq, hidden)
+        ...     model.layers_output[6] = model.layers_output[6] * 2
+
+    Indexing reads the value inside a trace; assignment replaces it. Negative
+    indices count from the last layer; an index out of range raises
+    `LayerIndexError` stating the valid range.
+    """
+
+    def __init__(self, model: StandardizedTransformer, name: str) -> None:
+        self._model = model
+        self._name = name
+
+    def _locator(self, index: Any) -> tuple[int, Locator]:
+        i = normalize_layer(self._model, index, self._name)
+        layout = self._model._layout
+        loc = layout.layers[i].get(self._name)
+        if loc is None:
+            raise UnavailableError(
+                self._model.model_type, f"{self._name}[{i}]", layout.unavailable[i].get(self._name, "unknown")
+            )
+        return i, loc
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        _, loc = self._locator(index)
+        return read_value(self._model, loc)
+
+    def __setitem__(self, index: int, value: torch.Tensor) -> None:
+        _, loc = self._locator(index)
+        write_value(self._model, loc, value)
+
+    def __len__(self) -> int:
+        return self._model.num_layers
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def available(self, index: int) -> bool:
+        """Whether this value exists at layer ``index`` (e.g. attention on a hybrid)."""
+        i = normalize_layer(self._model, index, self._name)
+        return self._name in self._model._layout.layers[i]
+
+    def __repr__(self) -> str:
+        return f"<{self._name}: {len(self)} layers of {self._model.model_type}>"
+
+
+class LayerList:
+    """The decoder blocks as nnsight envoys, with range-checked indexing.
+
+    Example::
+
+        >>> model.layers[0].self_attn          # the native attention module's envoy
+        >>> len(model.layers)
+        12
+    """
+
+    def __init__(self, model: StandardizedTransformer, stack: Any) -> None:
+        self._model = model
+        self._stack = stack
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self._stack[i] for i in range(len(self))[index]]
+        return self._stack[normalize_layer(self._model, index, "layers")]
+
+    def __len__(self) -> int:
+        return len(self._stack)
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self._stack[i]
+
+    def __repr__(self) -> str:
+        return f"<layers: {len(self)} x {type(self._stack[0]._module).__name__}>"

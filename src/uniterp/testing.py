@@ -1,0 +1,208 @@
+"""Tiny random models for tests and offline experiments.
+
+Build a small random model of any causal-LM ``model_type`` transformers knows,
+with a byte-level BPE tokenizer trained locally, save both to a folder and get
+the path back, so code is exercised through the real loading path with no
+network::
+
+    >>> from uniterp.testing import tiny_model_path
+    >>> path = tiny_model_path("llama")
+    >>> model = StandardizedTransformer(path)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TINY_FAMILIES", "build_tiny_tokenizer", "tiny_config", "tiny_model_path"]
+
+#: The families the test-suite exercises (one tiny model each).
+TINY_FAMILIES: tuple[str, ...] = (
+    "gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "llama", "mistral",
+    "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+    "gemma3_text", "phi", "phi3", "olmo", "olmo2", "stablelm", "starcoder2",
+    "gpt_bigcode", "cohere", "granite", "codegen",
+)
+
+_SPECIAL = "<|endoftext|>"
+_CORPUS = (
+    "The Eiffel Tower is in the city of Paris.",
+    "The capital of France is Paris. The capital of Japan is Tokyo.",
+    "hello world, the cat sat on the mat with a dog.",
+    "cat -> cat\n1135 -> 1135\nhello -> hello\n",
+    "one two three four five six seven eight nine ten",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16",
+    "A B C D E F G H I J K L M N O P Q R S T U V W X Y Z",
+    "She said that he would come back tomorrow morning.",
+)
+
+# Config keys set on every config that has them: small sizes, few layers.
+_SMALL = {
+    "vocab_size": 512,
+    "hidden_size": 64, "n_embd": 64, "d_model": 64,
+    "num_hidden_layers": 3, "n_layer": 3, "num_layers": 3,
+    "num_attention_heads": 4, "n_head": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128, "n_inner": 128, "ffn_dim": 128,
+    "head_dim": 16,
+    "max_position_embeddings": 256, "n_positions": 256, "n_ctx": 256,
+    "num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64,
+    "sliding_window": 64, "rotary_dim": 8, "partial_rotary_factor": 0.5,
+    "attention_dropout": 0.0, "hidden_dropout": 0.0, "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0, "attn_pdrop": 0.0, "dropout": 0.0, "summary_first_dropout": 0.0,
+    "tie_word_embeddings": False,
+}
+
+# Per-family adjustments on top of ``_SMALL`` (keys the family needs differently).
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    "gpt_neox": {"rotary_pct": 0.5},
+    "gptj": {"rotary_dim": 8},
+    "codegen": {"rotary_dim": 8},
+    "falcon": {"new_decoder_architecture": False, "multi_query": True, "parallel_attn": True},
+    "bloom": {"n_head": 4},
+    "opt": {"word_embed_proj_dim": 64, "ffn_dim": 128, "do_layer_norm_before": True},
+    "gemma2": {"final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
+    "gemma3_text": {"final_logit_softcapping": 30.0, "sliding_window_pattern": 2},
+    "qwen2_moe": {"decoder_sparse_step": 1, "mlp_only_layers": []},
+    "qwen3_moe": {"decoder_sparse_step": 1, "mlp_only_layers": []},
+    "phi": {"partial_rotary_factor": 0.5},
+    "gpt_bigcode": {"multi_query": True},
+}
+
+
+def build_tiny_tokenizer(vocab_size: int = 384) -> Any:
+    """Train a byte-level BPE tokenizer on a small built-in corpus.
+
+    Example::
+
+        >>> tok = build_tiny_tokenizer()
+        >>> tok("hello world").input_ids  # doctest: +SKIP
+
+    Args:
+        vocab_size: Target vocabulary size (256 byte symbols plus merges).
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast`` whose bos/eos/pad/unk token is
+        ``<|endoftext|>`` (id 0).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[_SPECIAL],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(_CORPUS) * 4, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=_SPECIAL,
+        eos_token=_SPECIAL,
+        pad_token=_SPECIAL,
+        unk_token=_SPECIAL,
+    )
+
+
+def tiny_config(model_type: str, **overrides: Any) -> Any:
+    """A small configuration of ``model_type`` (few layers, width 64).
+
+    Example::
+
+        >>> cfg = tiny_config("llama", num_hidden_layers=2)
+        >>> cfg.hidden_size
+        64
+
+    Args:
+        model_type: A key of transformers' ``CONFIG_MAPPING`` (e.g. ``"llama"``).
+        **overrides: Config attributes that win over the defaults chosen here.
+
+    Returns:
+        A ``transformers.PretrainedConfig`` instance.
+    """
+    from transformers import AutoConfig
+
+    base = AutoConfig.for_model(model_type)
+    known = set(base.to_dict()) | set(getattr(base, "attribute_map", {}))
+    kwargs = {k: v for k, v in _SMALL.items() if k in known}
+    kwargs.update(_OVERRIDES.get(model_type, {}))
+    kwargs.update(overrides)
+    kwargs.update(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("UNITERP_TINY_CACHE")
+    return Path(root) if root else Path(tempfile.gettempdir()) / "uniterp-tiny-models"
+
+
+def tiny_model_path(
+    model_type: str,
+    directory: str | os.PathLike[str] | None = None,
+    *,
+    seed: int = 0,
+    dtype: Any = None,
+    **overrides: Any,
+) -> str:
+    """Build a tiny random ``model_type`` model, save it with a tokenizer, return the folder.
+
+    The folder holds ``config.json``, safetensors weights and a tokenizer, exactly
+    what ``from_pretrained`` expects. With no ``directory`` the model is cached
+    under the temp folder (or ``$UNITERP_TINY_CACHE``) keyed by its arguments, so
+    repeated calls are cheap.
+
+    Example::
+
+        >>> path = tiny_model_path("gpt2")
+        >>> model = StandardizedTransformer(path)
+        >>> model.num_layers
+        3
+
+    Args:
+        model_type: A causal-LM ``model_type`` (e.g. ``"llama"``, ``"gpt2"``).
+        directory: Where to save. Default: a cache folder.
+        seed: Seed for the random weights.
+        dtype: Optional ``torch.dtype`` to cast the weights to before saving.
+        **overrides: Config attributes (see `tiny_config`).
+
+    Returns:
+        The folder path as a string.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    key = hashlib.sha1(repr((model_type, seed, str(dtype), sorted(overrides.items()))).encode())
+    folder = Path(directory) if directory is not None else _cache_root() / (
+        f"{model_type}-{key.hexdigest()[:12]}"
+    )
+    if (folder / "config.json").exists() and directory is None:
+        return str(folder)
+    config = tiny_config(model_type, **overrides)
+    torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_config(config)
+        if dtype is not None:
+            model = model.to(dtype)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.exists() else None))
+        model.save_pretrained(tmp)
+        build_tiny_tokenizer().save_pretrained(tmp)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return str(folder)
