@@ -14,6 +14,7 @@ from ._errors import ArchitectureError as ArchitectureError
 from ._errors import CheckFailedError as CheckFailedError
 from ._errors import InputError as InputError
 from ._errors import LayerIndexError as LayerIndexError
+from ._errors import OutsideTraceError as OutsideTraceError
 from ._errors import ShapeError as ShapeError
 from ._errors import UnavailableError as UnavailableError
 from ._errors import UniterpError as UniterpError
@@ -35,6 +36,7 @@ __all__ = [
     "CheckResult",
     "InputError",
     "LayerIndexError",
+    "OutsideTraceError",
     "ShapeError",
     "StandardizedTransformer",
     "UnavailableError",

@@ -12,6 +12,7 @@ __all__ = [
     "CheckFailedError",
     "InputError",
     "LayerIndexError",
+    "OutsideTraceError",
     "ShapeError",
     "UniterpError",
     "UnavailableError",
@@ -87,6 +88,10 @@ class ShapeError(UniterpError, ValueError):
 
 class InputError(UniterpError, ValueError):
     """An argument uniterp cannot use (empty prompt list, bad option, ...)."""
+
+
+class OutsideTraceError(UniterpError, ValueError):
+    """A standardized value was read or written outside ``with model.trace(...)``."""
 
 
 class CheckFailedError(UniterpError):

@@ -12,7 +12,15 @@ from ._discovery import discover_spec
 from ._errors import ArchitectureError, InputError, ShapeError, UnavailableError
 from ._families import get_spec
 from ._layout import LAYER_SITES, Layout, probe_layout
-from ._sites import LayerList, LayerValues, normalize_layer, read_value, write_value
+from ._sites import (
+    LayerList,
+    LayerValues,
+    in_trace,
+    normalize_layer,
+    outside_trace,
+    read_value,
+    write_value,
+)
 from ._spec import ArchitectureSpec
 
 __all__ = ["StandardizedTransformer"]
@@ -340,19 +348,23 @@ class StandardizedTransformer(TransformersModel):
     @property
     def token_embeddings(self) -> torch.Tensor:
         """Output of ``embed_tokens``: ``(batch, seq, hidden)``. Writable."""
+        _require_trace("token_embeddings")
         return read_value(self, self._ensure_layout().token_embeddings)
 
     @token_embeddings.setter
     def token_embeddings(self, value: torch.Tensor) -> None:
+        _require_trace("token_embeddings")
         write_value(self, self._ensure_layout().token_embeddings, value)
 
     @property
     def logits(self) -> torch.Tensor:
         """The model's output logits: ``(batch, seq, vocab)``. Writable; read it last."""
+        _require_trace("logits")
         return self.output.logits
 
     @logits.setter
     def logits(self, value: torch.Tensor) -> None:
+        _require_trace("logits")
         out = self.output
         out["logits"] = value
         self.output = out
@@ -373,6 +385,7 @@ class StandardizedTransformer(TransformersModel):
         return self._root_input("attention_mask")
 
     def _root_input(self, name: str) -> torch.Tensor:
+        _require_trace(name)
         args, kwargs = self.inputs
         if name in kwargs:
             return kwargs[name]
@@ -495,6 +508,9 @@ class StandardizedTransformer(TransformersModel):
             >>> with model.trace("Hello"):
             ...     model.skip_layers(1, 3)
 
+        A layer that returns a tuple gets ``(hidden, None, ...)``: attention
+        weights of skipped layers are not computed.
+
         Args:
             start: First skipped layer.
             end: Last skipped layer (inclusive).
@@ -512,12 +528,8 @@ class StandardizedTransformer(TransformersModel):
             if loc.key is None:
                 replacement: Any = hidden
             else:
-                extras = set(range(loc.tuple_len)) - {loc.key}
-                if not extras <= set(loc.tuple_nones):
-                    raise UnavailableError(
-                        self._model_type, f"skip_layer({layer})",
-                        "the layer returns extra tensors a skip cannot fabricate",
-                    )
+                # Other tuple elements (attention weights) are not computed for a
+                # skipped layer; they become None.
                 items: list[Any] = [None] * loc.tuple_len
                 items[loc.key] = hidden
                 replacement = tuple(items)
@@ -574,6 +586,11 @@ class StandardizedTransformer(TransformersModel):
             return "\n".join(lines)
         except Exception:  # noqa: BLE001 - a repr must never raise
             return f"StandardizedTransformer({getattr(self, '_model_type', '?')})"
+
+
+def _require_trace(name: str) -> None:
+    if not in_trace():
+        raise outside_trace(name)
 
 
 def _index_tensor(index: int | Sequence[int] | None, size: int, device: torch.device) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from ._errors import LayerIndexError, UnavailableError
+from ._errors import LayerIndexError, OutsideTraceError, UnavailableError
 from ._layout import Locator
 
 if TYPE_CHECKING:
@@ -27,6 +27,20 @@ def _envoy(model: StandardizedTransformer, path: str) -> Any:
         envoy = model.get(path) if path else model
         cache[path] = envoy
     return envoy
+
+
+def in_trace() -> bool:
+    """Whether the caller runs as intervention code of an active trace."""
+    from greenlet import getcurrent
+
+    return getattr(getcurrent(), "mediator", None) is not None
+
+
+def outside_trace(name: str) -> OutsideTraceError:
+    """The error for reading or writing ``name`` with no trace running."""
+    return OutsideTraceError(
+        f"{name} can only be read or written inside `with model.trace(...)` (or `model.generate(...)`)"
+    )
 
 
 def _unflatten(model: StandardizedTransformer, value: torch.Tensor) -> torch.Tensor:
@@ -123,11 +137,15 @@ class LayerValues:
         return i, loc
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        _, loc = self._locator(index)
+        i, loc = self._locator(index)
+        if not in_trace():
+            raise outside_trace(f"{self._name}[{i}]")
         return read_value(self._model, loc)
 
     def __setitem__(self, index: int, value: torch.Tensor) -> None:
-        _, loc = self._locator(index)
+        i, loc = self._locator(index)
+        if not in_trace():
+            raise outside_trace(f"{self._name}[{i}]")
         write_value(self._model, loc, value)
 
     def __len__(self) -> int:
