@@ -130,11 +130,28 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     """
     from transformers import AutoConfig
 
-    base = AutoConfig.for_model(model_type)
-    known = set(base.to_dict()) | set(getattr(base, "attribute_map", {}))
-    kwargs = {k: v for k, v in _SMALL.items() if k in known}
-    kwargs.update(_OVERRIDES.get(model_type, {}))
-    kwargs.update(overrides)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        base = AutoConfig.for_model(model_type)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    aliases = dict(getattr(base, "attribute_map", {}))
+    known = set(base.to_dict()) | set(aliases)
+
+    def canonical(key: str) -> str:
+        return aliases.get(key, key)
+
+    kwargs: dict[str, Any] = {}
+    for source in (
+        {k: v for k, v in _SMALL.items() if k in known},
+        _OVERRIDES.get(model_type, {}),
+        overrides,
+    ):
+        for key, value in source.items():
+            kwargs[canonical(key)] = value
     kwargs.update(bos_token_id=0, eos_token_id=0, pad_token_id=0)
     return AutoConfig.for_model(model_type, **kwargs)
 
