@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -29,8 +30,13 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama shape (8L, 1024w, GQA)": (
         "llama",
         dict(
-            num_hidden_layers=8, hidden_size=1024, num_attention_heads=16, num_key_value_heads=4,
-            intermediate_size=2816, vocab_size=32000, head_dim=64,
+            num_hidden_layers=8,
+            hidden_size=1024,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            intermediate_size=2816,
+            vocab_size=32000,
+            head_dim=64,
         ),
     ),
 }
@@ -47,7 +53,9 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_shape(name: str, model_type: str, overrides: dict[str, Any], batches: list[int], repeats: int) -> list[str]:
+def bench_shape(
+    name: str, model_type: str, overrides: dict[str, Any], batches: list[int], repeats: int
+) -> list[str]:
     """Time one model shape; returns printable rows."""
     model = StandardizedTransformer(tiny_model_path(model_type, dtype=torch.float32, **overrides))
     model.dispatch()
@@ -59,18 +67,18 @@ def bench_shape(name: str, model_type: str, overrides: dict[str, Any], batches: 
     for batch in batches:
         prompts = [SENTENCE + " " + "one two three"[: 3 * (i % 4)] for i in range(batch)]
 
-        def plain() -> None:
+        def plain(prompts: list[str] = prompts) -> None:
             with torch.no_grad():
                 enc = tok(prompts, return_tensors="pt", padding=True)
                 hf(**enc)
 
-        def uniterp_all_layers() -> None:
+        def uniterp_all_layers(prompts: list[str] = prompts) -> None:
             saved = []
             with torch.no_grad(), model.trace(prompts):
                 for i in range(layers):
                     saved.append(model.layers_output[i].save())
 
-        def nnsight_all_layers() -> None:
+        def nnsight_all_layers(prompts: list[str] = prompts) -> None:
             saved = []
             with torch.no_grad(), model.trace(prompts):
                 for i in range(layers):

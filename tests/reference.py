@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -18,8 +19,24 @@ NATIVE["opt"] = ("model.decoder.layers", "self_attn", "self_attn", "fc1", "fc2")
 NATIVE["bloom"] = ("transformer.h", "self_attention", "self_attention.dense", "mlp", "mlp.dense_4h_to_h")
 NATIVE["falcon"] = ("transformer.h", "self_attention", "self_attention", "mlp", "mlp")
 for _t in (
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
-    "gemma3_text", "phi", "phi3", "olmo", "olmo2", "stablelm", "starcoder2", "cohere", "granite",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "stablelm",
+    "starcoder2",
+    "cohere",
+    "granite",
 ):
     NATIVE[_t] = ("model.layers", "self_attn", "self_attn", "mlp", "mlp")
 
@@ -40,7 +57,11 @@ def encode(model: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
     position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "position_ids": position_ids}
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "position_ids": position_ids,
+    }
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, load_tiny
 
 import uniterp
 from uniterp import (
@@ -17,6 +16,8 @@ from uniterp import (
     UniterpError,
 )
 from uniterp.testing import build_tiny_tokenizer, tiny_model_path
+
+from conftest import PROMPTS, load_tiny
 
 FAMILIES = ["gpt2", "llama", "opt", "bloom", "falcon", "gemma2"]
 
@@ -125,7 +126,9 @@ def test_wrong_spec_names_the_paths_tried() -> None:
     with pytest.raises(ArchitectureError, match=r"'model\.layers\.0\.feed_forward'") as info:
         StandardizedTransformer(path, spec=bad)
     assert info.value.name == "mlps_input[0]"
-    bad_stack = ArchitectureSpec(embed_tokens="model.embed_tokens", layers="model.blocks", final_norm="model.norm")
+    bad_stack = ArchitectureSpec(
+        embed_tokens="model.embed_tokens", layers="model.blocks", final_norm="model.norm"
+    )
     with pytest.raises(ArchitectureError, match="model.blocks"):
         StandardizedTransformer(path, spec=bad_stack)
 
@@ -133,7 +136,10 @@ def test_wrong_spec_names_the_paths_tried() -> None:
 def test_custom_spec_is_used() -> None:
     path = tiny_model_path("gpt2")
     spec = ArchitectureSpec(
-        embed_tokens="transformer.wte", layers="transformer.h", final_norm="transformer.ln_f", attention="attn"
+        embed_tokens="transformer.wte",
+        layers="transformer.h",
+        final_norm="transformer.ln_f",
+        attention="attn",
     )
     model = StandardizedTransformer(path, spec=spec)
     assert model.spec is spec
@@ -160,7 +166,9 @@ def test_register_spec_refuses_duplicates() -> None:
         uniterp.register_spec("llama", uniterp.get_spec("llama"))
 
 
-@pytest.mark.parametrize("name", ["layers_output", "mlps_input", "token_embeddings", "logits", "next_token_probs"])
+@pytest.mark.parametrize(
+    "name", ["layers_output", "mlps_input", "token_embeddings", "logits", "next_token_probs"]
+)
 def test_reading_outside_a_trace(name: str) -> None:
     model = load_tiny("gpt2")
     with pytest.raises(uniterp.OutsideTraceError, match="inside `with model.trace"):

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, load_tiny
-from reference import NATIVE, encode, first_tensor, hf_forward, hidden_arg
 
 from uniterp import StandardizedTransformer
 
+from conftest import PROMPTS, load_tiny
+from reference import NATIVE, encode, first_tensor, hf_forward, hidden_arg
+
 
 def _read_all(model: StandardizedTransformer, prompts: list[str]) -> dict[str, list[torch.Tensor]]:
-    names = ["layers_input", "attentions_input", "attentions_output", "mlps_input", "mlps_output", "layers_output"]
+    names = [
+        "layers_input",
+        "attentions_input",
+        "attentions_output",
+        "mlps_input",
+        "mlps_output",
+        "layers_output",
+    ]
     values: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     extra: dict[str, torch.Tensor] = {}
     with torch.no_grad(), model.trace(prompts):
@@ -29,7 +37,9 @@ def _read_all(model: StandardizedTransformer, prompts: list[str]) -> dict[str, l
 
 def test_every_value_equals_native_module(model: StandardizedTransformer, family: str) -> None:
     stack, attn, attn_out, mlp_in, mlp_out = NATIVE[family]
-    captured: dict[str, list[torch.Tensor]] = {k: [] for k in ("lin", "lout", "ain", "aout", "min", "mout", "emb")}
+    captured: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("lin", "lout", "ain", "aout", "min", "mout", "emb")
+    }
 
     def grab(key, pick):
         def hook(_m, args, kwargs, out):
@@ -53,8 +63,13 @@ def test_every_value_equals_native_module(model: StandardizedTransformer, family
     ours = _read_all(model, PROMPTS)
     batch, seq = ours["layers_output"][0].shape[:2]
     pairs = {
-        "layers_input": "lin", "layers_output": "lout", "attentions_input": "ain",
-        "attentions_output": "aout", "mlps_input": "min", "mlps_output": "mout", "token_embeddings": "emb",
+        "layers_input": "lin",
+        "layers_output": "lout",
+        "attentions_input": "ain",
+        "attentions_output": "aout",
+        "mlps_input": "min",
+        "mlps_output": "mout",
+        "token_embeddings": "emb",
     }
     for name, key in pairs.items():
         assert len(ours[name]) == len(captured[key]), name
@@ -92,7 +107,11 @@ def test_check_passes(model: StandardizedTransformer) -> None:
 
 def test_left_padding_invariance(model: StandardizedTransformer) -> None:
     alone_prompt = "hello world"
-    batch = ["The Eiffel Tower is in the city of Paris and", alone_prompt, "one two three four five six seven eight"]
+    batch = [
+        "The Eiffel Tower is in the city of Paris and",
+        alone_prompt,
+        "one two three four five six seven eight",
+    ]
     with torch.no_grad():
         with model.trace([alone_prompt]):
             alone = model.next_token_probs.save()

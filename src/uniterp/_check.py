@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -165,8 +166,14 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
                     worst = float("inf")
                     break
                 worst = max(worst, _diff(native, value))
-            add(CheckItem(f"{site} == native", "passed" if worst == 0.0 else "failed",
-                          f"{len(layers)} layers, max |diff| {worst:.3g}", worst))
+            add(
+                CheckItem(
+                    f"{site} == native",
+                    "passed" if worst == 0.0 else "failed",
+                    f"{len(layers)} layers, max |diff| {worst:.3g}",
+                    worst,
+                )
+            )
 
         # 2. one forward reading everything in forward order
         # (containers are built outside the block: names bound by comprehensions
@@ -191,14 +198,21 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
         # 3. logits equal a plain HF forward with the same inputs
         hf_logits = model._module(**kwargs).logits
         d = _diff(hf_logits, logits)
-        add(CheckItem("logits == HF forward", "passed" if d == 0.0 else "failed",
-                      f"max |diff| {d:.3g}", d))
+        add(CheckItem("logits == HF forward", "passed" if d == 0.0 else "failed", f"max |diff| {d:.3g}", d))
 
         # 4. layers chain: input of layer i+1 is output of layer i
-        worst = max((_diff(values["layers_input"][i + 1], values["layers_output"][i]) for i in range(n - 1)),
-                    default=0.0)
-        add(CheckItem("layers_input[i+1] == layers_output[i]", "passed" if worst == 0.0 else "failed",
-                      f"max |diff| {worst:.3g}", worst))
+        worst = max(
+            (_diff(values["layers_input"][i + 1], values["layers_output"][i]) for i in range(n - 1)),
+            default=0.0,
+        )
+        add(
+            CheckItem(
+                "layers_input[i+1] == layers_output[i]",
+                "passed" if worst == 0.0 else "failed",
+                f"max |diff| {worst:.3g}",
+                worst,
+            )
+        )
 
         # 5. parts add up where the block layout implies it
         block = model.spec.block_layout(model.text_config)
@@ -208,7 +222,10 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
                 factor = float(getattr(model.text_config, model.spec.residual_multiplier, 1.0) or 1.0)
             worst, ok, counted = 0.0, True, 0
             for i in range(n):
-                parts = [values[s][i] for s in ("layers_input", "attentions_output", "mlps_output", "layers_output")]
+                parts = [
+                    values[s][i]
+                    for s in ("layers_input", "attentions_output", "mlps_output", "layers_output")
+                ]
                 if any(p is None for p in parts):
                     continue
                 x, a, m, out = parts
@@ -217,17 +234,33 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
                 worst = max(worst, d)
                 ok = ok and d <= _tolerance(out) * 4
                 counted += 1
-            add(CheckItem(f"layers_output == layers_input + attn + mlp ({block})",
-                          "passed" if ok and counted else ("skipped" if not counted else "failed"),
-                          f"{counted} layers, max |diff| {worst:.3g}", worst))
+            add(
+                CheckItem(
+                    f"layers_output == layers_input + attn + mlp ({block})",
+                    "passed" if ok and counted else ("skipped" if not counted else "failed"),
+                    f"{counted} layers, max |diff| {worst:.3g}",
+                    worst,
+                )
+            )
         else:
-            add(CheckItem("layers_output == layers_input + attn + mlp", "skipped",
-                          f"block layout {block!r} does not imply it"))
+            add(
+                CheckItem(
+                    "layers_output == layers_input + attn + mlp",
+                    "skipped",
+                    f"block layout {block!r} does not imply it",
+                )
+            )
 
         # 6. the lens of the last layer is the logits
         d = _diff(lens, logits)
-        add(CheckItem("project_on_vocab(layers_output[-1]) == logits",
-                      "passed" if d <= _tolerance(logits) * 4 else "failed", f"max |diff| {d:.3g}", d))
+        add(
+            CheckItem(
+                "project_on_vocab(layers_output[-1]) == logits",
+                "passed" if d <= _tolerance(logits) * 4 else "failed",
+                f"max |diff| {d:.3g}",
+                d,
+            )
+        )
 
         # 7. writes reach the output; writing a value back unchanged does not
         mid = n // 2
@@ -236,12 +269,24 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
             model.layers_output[mid] = h + torch.randn_like(h) * (h.std() + 1.0)
             perturbed = model.logits.save()
         d = _diff(perturbed, logits)
-        add(CheckItem(f"write to layers_output[{mid}] changes logits", "passed" if d > 0 else "failed",
-                      f"max |diff| {d:.3g}", d))
+        add(
+            CheckItem(
+                f"write to layers_output[{mid}] changes logits",
+                "passed" if d > 0 else "failed",
+                f"max |diff| {d:.3g}",
+                d,
+            )
+        )
         with model.trace(prompts):
             model.layers_output[mid] = model.layers_output[mid].clone()
             same = model.logits.save()
         d = _diff(same, logits)
-        add(CheckItem(f"unchanged write to layers_output[{mid}] keeps logits", "passed" if d == 0.0 else "failed",
-                      f"max |diff| {d:.3g}", d))
+        add(
+            CheckItem(
+                f"unchanged write to layers_output[{mid}] keeps logits",
+                "passed" if d == 0.0 else "failed",
+                f"max |diff| {d:.3g}",
+                d,
+            )
+        )
     return result

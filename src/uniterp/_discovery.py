@@ -7,7 +7,6 @@ The guess is only a starting point: the model built from it is validated at load
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 
@@ -72,7 +71,9 @@ def discover_spec(module: torch.nn.Module, model_type: str, num_layers: int | No
         stacks = [(n, c) for n, c in stacks if len(c) == num_layers]
     if not stacks:
         raise ArchitectureError(
-            model_type, "layers", tried,
+            model_type,
+            "layers",
+            tried,
             f"no ModuleList with {num_layers} entries (config num_hidden_layers)",
         )
     # The decoder stack holds most of the parameters.

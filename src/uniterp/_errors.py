@@ -48,9 +48,7 @@ class ArchitectureError(UniterpError):
         reason: What went wrong.
     """
 
-    def __init__(
-        self, model_type: str, name: str, tried: list[str] | tuple[str, ...], reason: str
-    ) -> None:
+    def __init__(self, model_type: str, name: str, tried: list[str] | tuple[str, ...], reason: str) -> None:
         self.model_type = model_type
         self.name = name
         self.tried = list(tried)

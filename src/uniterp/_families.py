@@ -44,8 +44,7 @@ _SPECS: dict[str, ArchitectureSpec] = {
         layers="gpt_neox.layers",
         final_norm="gpt_neox.final_layer_norm",
         attention="attention",
-        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", True)
-        else "sequential",
+        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", True) else "sequential",
     ),
     "opt": ArchitectureSpec(
         embed_tokens="model.decoder.embed_tokens",
@@ -73,9 +72,11 @@ _SPECS: dict[str, ArchitectureSpec] = {
         layers="transformer.h",
         final_norm="transformer.ln_f",
         attention="self_attention",
-        block=lambda config: "parallel"
-        if getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False)
-        else "sequential",
+        block=lambda config: (
+            "parallel"
+            if getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False)
+            else "sequential"
+        ),
     ),
     # Llama style: model.layers, self_attn, mlp, model.norm
     "llama": LLAMA_LIKE,
@@ -89,8 +90,7 @@ _SPECS: dict[str, ArchitectureSpec] = {
     "phi3": LLAMA_LIKE,
     "olmo": LLAMA_LIKE,
     "stablelm": LLAMA_LIKE.with_(
-        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", False)
-        else "sequential"
+        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", False) else "sequential"
     ),
     "starcoder2": LLAMA_LIKE,
     "gemma2": SANDWICH.with_(logit_softcap="final_logit_softcapping"),
@@ -98,9 +98,7 @@ _SPECS: dict[str, ArchitectureSpec] = {
     "olmo2": SANDWICH,
     "phi": LLAMA_LIKE.with_(final_norm="model.final_layernorm", block="parallel"),
     "cohere": LLAMA_LIKE.with_(block="parallel", logit_scale="logit_scale"),
-    "granite": LLAMA_LIKE.with_(
-        residual_multiplier="residual_multiplier", logit_divisor="logits_scaling"
-    ),
+    "granite": LLAMA_LIKE.with_(residual_multiplier="residual_multiplier", logit_divisor="logits_scaling"),
 }
 
 

@@ -178,6 +178,7 @@ class _Recorder:
         if path in self.watched:
             return
         self.watched.add(path)
+
         def hook(_m: Any, args: Any, kwargs: Any, output: Any) -> None:
             if path in self.seen:
                 self.seen[path].calls += 1
@@ -249,6 +250,7 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
         "mlps_input": (spec.mlp_input_path(), "input"),
         "mlps_output": (spec.mlp_output_path(), "output"),
     }
+
     def watch_all(root: torch.nn.Module) -> tuple[_Recorder, list[dict[str, str]]]:
         recorder = _Recorder()
         recorder.watch(spec.embed_tokens, root.get_submodule(spec.embed_tokens))
@@ -264,7 +266,9 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
                 module = _module_at(root, path)
                 if module is None:
                     if index == 0 or site.startswith("layers"):
-                        raise ArchitectureError(model_type, f"{site}[{index}]", [path], "no module at that path")
+                        raise ArchitectureError(
+                            model_type, f"{site}[{index}]", [path], "no module at that path"
+                        )
                     reasons[site] = f"layer {index} has no module {rel!r}"
                     continue
                 recorder.watch(path, module)
@@ -277,8 +281,9 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
         with model.scan(_PROBE_PROMPTS):
             pass
     except Exception as error:  # noqa: BLE001 - any scan failure falls back to a real forward
-        logger.info("uniterp: structural scan of %s failed (%s); probing with a real forward",
-                    model_type, error)
+        logger.info(
+            "uniterp: structural scan of %s failed (%s); probing with a real forward", model_type, error
+        )
         recorder.remove()
         probed_with = "forward"
         model.dispatch()
@@ -290,16 +295,21 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
             with torch.no_grad():
                 root(**{k: v.to(device) for k, v in encoded.items()})
         except Exception as forward_error:
-            raise ArchitectureError(model_type, "layers", [spec.layers],
-                                    f"the probe forward pass failed: {forward_error}") from forward_error
+            raise ArchitectureError(
+                model_type, "layers", [spec.layers], f"the probe forward pass failed: {forward_error}"
+            ) from forward_error
     finally:
         recorder.remove()
     embed_seen = recorder.seen.get(spec.embed_tokens)
     if embed_seen is None:
         raise ArchitectureError(model_type, "token_embeddings", [spec.embed_tokens], "module never ran")
     if not _is_tensor(embed_seen.output) or len(embed_seen.output[1]) != 3:
-        raise ArchitectureError(model_type, "token_embeddings", [spec.embed_tokens],
-                                f"output is {_describe(embed_seen.output)}, expected (batch, seq, dim)")
+        raise ArchitectureError(
+            model_type,
+            "token_embeddings",
+            [spec.embed_tokens],
+            f"output is {_describe(embed_seen.output)}, expected (batch, seq, dim)",
+        )
     batch, seq = embed_seen.output[1][:2]
     layout = Layout(token_embeddings=Locator(spec.embed_tokens, "output", None), probed_with=probed_with)
 
@@ -313,15 +323,23 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
             path = f"{base}.{rel}" if rel else base
             seen = recorder.seen.get(path)
             if seen is None:
-                raise ArchitectureError(model_type, f"{site}[{index}]", [path], "the module never ran in a forward pass")
+                raise ArchitectureError(
+                    model_type, f"{site}[{index}]", [path], "the module never ran in a forward pass"
+                )
             if seen.calls > 1:
-                raise ArchitectureError(model_type, f"{site}[{index}]", [path],
-                                        f"the module ran {seen.calls} times in one forward pass")
+                raise ArchitectureError(
+                    model_type,
+                    f"{site}[{index}]",
+                    [path],
+                    f"the module ran {seen.calls} times in one forward pass",
+                )
             if io == "input":
                 found = _find_input(seen, batch, seq, hidden)
                 if found is None:
                     raise ArchitectureError(
-                        model_type, f"{site}[{index}]", [path],
+                        model_type,
+                        f"{site}[{index}]",
+                        [path],
                         f"no argument of shape (batch, seq, hidden) = ({batch}, {seq}, {hidden}); "
                         f"saw args {_describe(seen.args)} and keywords "
                         f"{ {k: _describe(v) for k, v in seen.kwargs.items()} }",
@@ -337,8 +355,9 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
                     found_out = replace(found_out, clone=True)
                 locators[site] = found_out
         if locators["layers_output"].flat or locators["layers_input"].flat:
-            raise ArchitectureError(model_type, f"layers_output[{index}]", [base],
-                                    "the decoder layer works on flattened tokens")
+            raise ArchitectureError(
+                model_type, f"layers_output[{index}]", [base], "the decoder layer works on flattened tokens"
+            )
         layout.layers.append(locators)
         layout.unavailable.append(reasons)
     return layout

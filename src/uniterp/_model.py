@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from nnsight.modeling.transformers import TransformersModel
@@ -50,9 +51,7 @@ def _load_tokenizer(model: Any, kwargs: dict[str, Any], trust_remote_code: bool)
 
     source = model if isinstance(model, str) else getattr(model, "name_or_path", None)
     if not source:
-        raise InputError(
-            f"cannot find a tokenizer for a loaded {type(model).__name__}; pass tokenizer=..."
-        )
+        raise InputError(f"cannot find a tokenizer for a loaded {type(model).__name__}; pass tokenizer=...")
     try:
         return AutoTokenizer.from_pretrained(
             source, revision=kwargs.get("revision"), trust_remote_code=trust_remote_code
@@ -204,7 +203,9 @@ class StandardizedTransformer(TransformersModel):
         result = self.check()
         if not result.passed:
             raise ArchitectureError(
-                self._model_type, "layers_output", [self._spec.layers],
+                self._model_type,
+                "layers_output",
+                [self._spec.layers],
                 "the automatically discovered layout failed its numerical check: " + result.summary(),
             )
 
@@ -268,8 +269,13 @@ class StandardizedTransformer(TransformersModel):
     @property
     def hidden_size(self) -> int:
         """Width of the residual stream."""
-        size = _config_size(self.text_config, self._spec.config_keys.get("hidden_size", "hidden_size"),
-                            "hidden_size", "n_embd", "d_model")
+        size = _config_size(
+            self.text_config,
+            self._spec.config_keys.get("hidden_size", "hidden_size"),
+            "hidden_size",
+            "n_embd",
+            "d_model",
+        )
         if size is None:
             raise UnavailableError(self._model_type, "hidden_size", "no size key in the config")
         return size
@@ -277,8 +283,12 @@ class StandardizedTransformer(TransformersModel):
     @property
     def num_heads(self) -> int:
         """Number of attention (query) heads."""
-        size = _config_size(self.text_config, self._spec.config_keys.get("num_heads", "num_attention_heads"),
-                            "num_attention_heads", "n_head")
+        size = _config_size(
+            self.text_config,
+            self._spec.config_keys.get("num_heads", "num_attention_heads"),
+            "num_attention_heads",
+            "n_head",
+        )
         if size is None:
             raise UnavailableError(self._model_type, "num_heads", "no head count in the config")
         return size
@@ -287,8 +297,12 @@ class StandardizedTransformer(TransformersModel):
     def num_kv_heads(self) -> int:
         """Number of key/value heads (grouped-query and multi-query attention)."""
         config = self.text_config
-        size = _config_size(config, self._spec.config_keys.get("num_kv_heads", "num_key_value_heads"),
-                            "num_key_value_heads", "num_kv_heads")
+        size = _config_size(
+            config,
+            self._spec.config_keys.get("num_kv_heads", "num_key_value_heads"),
+            "num_key_value_heads",
+            "num_kv_heads",
+        )
         if size is None and getattr(config, "multi_query", False):
             size = 1
         return size if size is not None else self.num_heads
@@ -581,8 +595,11 @@ class StandardizedTransformer(TransformersModel):
             norm = self._native(spec.final_norm) if spec.final_norm else None
             lines.append(row("ln_final", spec.final_norm, norm._module if norm is not None else None))
             lines.append(row("lm_head", spec.lm_head, self._native(spec.lm_head)._module))
-            lines.append("  values: token_embeddings, " + ", ".join(LAYER_SITES)
-                         + ", logits, next_token_probs, input_ids, attention_mask")
+            lines.append(
+                "  values: token_embeddings, "
+                + ", ".join(LAYER_SITES)
+                + ", logits, next_token_probs, input_ids, attention_mask"
+            )
             return "\n".join(lines)
         except Exception:  # noqa: BLE001 - a repr must never raise
             return f"StandardizedTransformer({getattr(self, '_model_type', '?')})"

@@ -7,7 +7,8 @@ tuple output intact.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -97,8 +98,7 @@ def normalize_layer(model: StandardizedTransformer, index: Any, name: str) -> in
         index = int(index.item())
     if isinstance(index, bool) or not isinstance(index, int):
         raise LayerIndexError(
-            f"{name}[{index!r}]: a layer index must be an int in [-{n}, {n}); "
-            f"got {type(index).__name__}"
+            f"{name}[{index!r}]: a layer index must be an int in [-{n}, {n}); got {type(index).__name__}"
         )
     if not -n <= index < n:
         raise LayerIndexError(

@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     path = tiny_model_path(args.model_type)
     model = StandardizedTransformer(path)
-    print(f"Loaded a tiny random {args.model_type} model from {path} "
-          f"({time.perf_counter() - start:.1f}s, validated on every layer)\n")
+    print(
+        f"Loaded a tiny random {args.model_type} model from {path} "
+        f"({time.perf_counter() - start:.1f}s, validated on every layer)\n"
+    )
     print(model, "\n")
 
     prompt = "The Eiffel Tower is in the city of"
@@ -68,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     print("Steering layers 0-1 along a random direction (factor 8):")
     print(f"  before: {_top(before[0], model.tokenizer)}")
     print(f"  after:  {_top(after[0], model.tokenizer)}")
-    print(f"\nDone in {time.perf_counter() - start:.1f}s. The model is random: tokens are noise, "
-          "the mechanics are real.")
+    print(
+        f"\nDone in {time.perf_counter() - start:.1f}s. The model is random: tokens are noise, "
+        "the mechanics are real."
+    )
     return 0 if result.passed else 1
 
 

@@ -22,10 +22,32 @@ __all__ = ["TINY_FAMILIES", "build_tiny_tokenizer", "tiny_config", "tiny_model_p
 
 #: The families the test-suite exercises (one tiny model each).
 TINY_FAMILIES: tuple[str, ...] = (
-    "gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "llama", "mistral",
-    "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
-    "gemma3_text", "phi", "phi3", "olmo", "olmo2", "stablelm", "starcoder2",
-    "gpt_bigcode", "cohere", "granite", "codegen",
+    "gpt2",
+    "gpt_neox",
+    "gptj",
+    "opt",
+    "bloom",
+    "falcon",
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "stablelm",
+    "starcoder2",
+    "gpt_bigcode",
+    "cohere",
+    "granite",
+    "codegen",
 )
 
 _SPECIAL = "<|endoftext|>"
@@ -43,18 +65,37 @@ _CORPUS = (
 # Config keys set on every config that has them: small sizes, few layers.
 _SMALL = {
     "vocab_size": 512,
-    "hidden_size": 64, "n_embd": 64, "d_model": 64,
-    "num_hidden_layers": 3, "n_layer": 3, "num_layers": 3,
-    "num_attention_heads": 4, "n_head": 4,
+    "hidden_size": 64,
+    "n_embd": 64,
+    "d_model": 64,
+    "num_hidden_layers": 3,
+    "n_layer": 3,
+    "num_layers": 3,
+    "num_attention_heads": 4,
+    "n_head": 4,
     "num_key_value_heads": 2,
-    "intermediate_size": 128, "n_inner": 128, "ffn_dim": 128,
+    "intermediate_size": 128,
+    "n_inner": 128,
+    "ffn_dim": 128,
     "head_dim": 16,
-    "max_position_embeddings": 256, "n_positions": 256, "n_ctx": 256,
-    "num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2,
-    "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64,
-    "sliding_window": 64, "rotary_dim": 8, "partial_rotary_factor": 0.5,
-    "attention_dropout": 0.0, "hidden_dropout": 0.0, "resid_pdrop": 0.0,
-    "embd_pdrop": 0.0, "attn_pdrop": 0.0, "dropout": 0.0, "summary_first_dropout": 0.0,
+    "max_position_embeddings": 256,
+    "n_positions": 256,
+    "n_ctx": 256,
+    "num_local_experts": 4,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 64,
+    "sliding_window": 64,
+    "rotary_dim": 8,
+    "partial_rotary_factor": 0.5,
+    "attention_dropout": 0.0,
+    "hidden_dropout": 0.0,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+    "dropout": 0.0,
+    "summary_first_dropout": 0.0,
     "tie_word_embeddings": False,
 }
 
@@ -129,7 +170,6 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
         A ``transformers.PretrainedConfig`` instance.
     """
     from transformers import AutoConfig
-
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -198,8 +238,8 @@ def tiny_model_path(
     from transformers.utils import logging as hf_logging
 
     key = hashlib.sha1(repr((model_type, seed, str(dtype), sorted(overrides.items()))).encode())
-    folder = Path(directory) if directory is not None else _cache_root() / (
-        f"{model_type}-{key.hexdigest()[:12]}"
+    folder = (
+        Path(directory) if directory is not None else _cache_root() / (f"{model_type}-{key.hexdigest()[:12]}")
     )
     if (folder / "config.json").exists() and directory is None:
         return str(folder)
