@@ -16,6 +16,8 @@ from uniterp import StandardizedTransformer  # noqa: E402
 from uniterp.testing import TINY_FAMILIES, tiny_model_path  # noqa: E402
 
 torch.manual_seed(0)
+# Tiny models gain nothing from threads; one thread keeps the suite fast on a shared machine.
+torch.set_num_threads(1)
 
 _MODELS: dict[str, StandardizedTransformer] = {}
 

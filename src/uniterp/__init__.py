@@ -24,6 +24,29 @@ from ._families import registered_model_types as registered_model_types
 from ._model import StandardizedTransformer as StandardizedTransformer
 from ._spec import ArchitectureSpec as ArchitectureSpec
 from ._spec import BlockLayout as BlockLayout
+from ._support import SupportReport as SupportReport
+from ._support import ValueSupport as ValueSupport
+from .activations import collect_token_activations_batched as collect_token_activations_batched
+from .activations import get_token_activations as get_token_activations
+from .activations import load_token_activations as load_token_activations
+from .display import plot_logit_lens as plot_logit_lens
+from .display import plot_topk_tokens as plot_topk_tokens
+from .display import prompts_to_df as prompts_to_df
+from .lens import TopTokens as TopTokens
+from .lens import logit_lens as logit_lens
+from .patchscope import TargetPrompt as TargetPrompt
+from .patchscope import TargetPromptBatch as TargetPromptBatch
+from .patchscope import it_repeat_prompt as it_repeat_prompt
+from .patchscope import patch_object_attn_lens as patch_object_attn_lens
+from .patchscope import patchscope_generate as patchscope_generate
+from .patchscope import patchscope_lens as patchscope_lens
+from .patchscope import repeat_prompt as repeat_prompt
+from .prompts import Prompt as Prompt
+from .prompts import get_first_tokens as get_first_tokens
+from .prompts import results_to_dataframe as results_to_dataframe
+from .prompts import run_prompts as run_prompts
+from .steering import generate_with_steering as generate_with_steering
+from .steering import steering_vector as steering_vector
 
 __version__ = "0.1.0"
 
@@ -34,14 +57,37 @@ __all__ = [
     "CheckFailedError",
     "CheckItem",
     "CheckResult",
-    "InputError",
-    "LayerIndexError",
-    "OutsideTraceError",
-    "ShapeError",
-    "StandardizedTransformer",
-    "UnavailableError",
-    "UniterpError",
+    "collect_token_activations_batched",
+    "generate_with_steering",
+    "get_first_tokens",
     "get_spec",
+    "get_token_activations",
+    "InputError",
+    "it_repeat_prompt",
+    "LayerIndexError",
+    "load_token_activations",
+    "logit_lens",
+    "OutsideTraceError",
+    "patch_object_attn_lens",
+    "patchscope_generate",
+    "patchscope_lens",
+    "plot_logit_lens",
+    "plot_topk_tokens",
+    "Prompt",
+    "prompts_to_df",
     "register_spec",
     "registered_model_types",
+    "repeat_prompt",
+    "results_to_dataframe",
+    "run_prompts",
+    "ShapeError",
+    "StandardizedTransformer",
+    "steering_vector",
+    "SupportReport",
+    "TargetPrompt",
+    "TargetPromptBatch",
+    "TopTokens",
+    "UnavailableError",
+    "UniterpError",
+    "ValueSupport",
 ]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal
 
 import torch
 
@@ -71,12 +72,15 @@ class Layout:
         layers: One dict per layer mapping a site name to its `Locator`.
         unavailable: One dict per layer mapping a site name to the reason it is
             unavailable there.
+        modules: One dict per layer mapping ``self_attn``/``mlp`` to the native
+            path (relative to the block) bound under that name.
         probed_with: ``"scan"`` (fake tensors, no weights) or ``"forward"``.
     """
 
     token_embeddings: Locator
     layers: list[dict[str, Locator]] = field(default_factory=list)
     unavailable: list[dict[str, str]] = field(default_factory=list)
+    modules: list[dict[str, str]] = field(default_factory=list)
     probed_with: str = "scan"
 
     @property
@@ -242,43 +246,24 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
     if spec.final_norm is not None and not hasattr_path(root, spec.final_norm):
         raise ArchitectureError(model_type, "ln_final", [spec.final_norm], "no such attribute")
 
-    relative = {
-        "layers_input": ("", "input"),
-        "layers_output": ("", "output"),
-        "attentions_input": (spec.attention, "input"),
-        "attentions_output": (spec.attention_output_path(), "output"),
-        "mlps_input": (spec.mlp_input_path(), "input"),
-        "mlps_output": (spec.mlp_output_path(), "output"),
-    }
+    io_of = {site: ("input" if site.endswith("_input") else "output") for site in LAYER_SITES}
+    resolved = [spec.resolve_layer(block) for block in stack]
+    _refuse_absent_everywhere(spec, resolved, model_type)
 
-    def watch_all(root: torch.nn.Module) -> tuple[_Recorder, list[dict[str, str]]]:
+    def watch_all(root: torch.nn.Module) -> _Recorder:
         recorder = _Recorder()
         recorder.watch(spec.embed_tokens, root.get_submodule(spec.embed_tokens))
-        missing: list[dict[str, str]] = []
-        for index in range(len(stack)):
+        for index, paths in enumerate(resolved):
             base = f"{spec.layers}.{index}"
-            reasons: dict[str, str] = {}
-            for site, (rel, _io) in relative.items():
-                if rel is None:
-                    reasons[site] = "the architecture spec names no module for it"
-                    continue
+            for rel in paths.sites.values():
                 path = f"{base}.{rel}" if rel else base
-                module = _module_at(root, path)
-                if module is None:
-                    if index == 0 or site.startswith("layers"):
-                        raise ArchitectureError(
-                            model_type, f"{site}[{index}]", [path], "no module at that path"
-                        )
-                    reasons[site] = f"layer {index} has no module {rel!r}"
-                    continue
-                recorder.watch(path, module)
-            missing.append(reasons)
-        return recorder, missing
+                recorder.watch(path, root.get_submodule(path))
+        return recorder
 
     probed_with = "scan"
-    recorder, missing = watch_all(root)
+    recorder = watch_all(root)
     try:
-        with model.scan(_PROBE_PROMPTS):
+        with _quiet_fake_tensor_logs(), model.scan(_PROBE_PROMPTS):
             pass
     except Exception as error:  # noqa: BLE001 - any scan failure falls back to a real forward
         logger.info(
@@ -288,7 +273,7 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
         probed_with = "forward"
         model.dispatch()
         root = model._module
-        recorder, missing = watch_all(root)
+        recorder = watch_all(root)
         encoded = model.tokenizer(_PROBE_PROMPTS, return_tensors="pt", padding=True)
         device = next(root.parameters()).device
         try:
@@ -313,13 +298,13 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
     batch, seq = embed_seen.output[1][:2]
     layout = Layout(token_embeddings=Locator(spec.embed_tokens, "output", None), probed_with=probed_with)
 
-    for index in range(len(stack)):
+    for index, paths in enumerate(resolved):
         base = f"{spec.layers}.{index}"
         locators: dict[str, Locator] = {}
-        reasons = missing[index]
-        for site, (rel, io) in relative.items():
-            if site in reasons:
+        for site in LAYER_SITES:
+            if site not in paths.sites:
                 continue
+            rel, io = paths.sites[site], io_of[site]
             path = f"{base}.{rel}" if rel else base
             seen = recorder.seen.get(path)
             if seen is None:
@@ -359,8 +344,38 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
                 model_type, f"layers_output[{index}]", [base], "the decoder layer works on flattened tokens"
             )
         layout.layers.append(locators)
-        layout.unavailable.append(reasons)
+        layout.unavailable.append(dict(paths.reasons))
+        layout.modules.append(dict(paths.modules))
     return layout
+
+
+@contextmanager
+def _quiet_fake_tensor_logs() -> Iterator[None]:
+    """Silence torch's error-level log of an op without a fake-tensor kernel (we fall back)."""
+    fake_logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_logger.level
+    fake_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        fake_logger.setLevel(level)
+
+
+def _refuse_absent_everywhere(spec: ArchitectureSpec, resolved: list[Any], model_type: str) -> None:
+    """A module the spec names but no layer holds means the spec is wrong: refuse."""
+    for site, wanted in (
+        ("attentions_input", spec.attention),
+        ("attentions_output", spec.attention_output or spec.attention),
+        ("mlps_input", spec.mlp_input or spec.mlp),
+        ("mlps_output", spec.mlp_output or spec.mlp),
+    ):
+        if wanted is None or any(site in paths.sites for paths in resolved):
+            continue
+        name = "self_attn" if site.startswith("attention") else "mlp"
+        if name in spec.unavailable:
+            continue
+        tried = [f"{spec.layers}.0.{c}" for c in ((wanted,) if isinstance(wanted, str) else wanted)]
+        raise ArchitectureError(model_type, f"{site}[0]", tried, "no layer holds a module at that path")
 
 
 def hasattr_path(root: torch.nn.Module, path: str) -> bool:

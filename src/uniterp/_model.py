@@ -14,6 +14,7 @@ from ._errors import ArchitectureError, InputError, ShapeError, UnavailableError
 from ._families import get_spec
 from ._layout import LAYER_SITES, Layout, probe_layout
 from ._sites import (
+    AttentionProbabilities,
     LayerList,
     LayerValues,
     in_trace,
@@ -75,10 +76,6 @@ def _rename_for(spec: ArchitectureSpec) -> dict[str, str]:
         rename[spec.final_norm] = "ln_final"
     if spec.lm_head != "lm_head":
         rename[spec.lm_head] = "lm_head"
-    if spec.attention is not None and spec.attention != "self_attn":
-        rename[spec.attention] = "self_attn"
-    if spec.mlp is not None and spec.mlp != "mlp":
-        rename[spec.mlp] = "mlp"
     return rename
 
 
@@ -135,8 +132,18 @@ class StandardizedTransformer(TransformersModel):
         tokenizer: Any = None,
         check_on_load: bool = True,
         trust_remote_code: bool = False,
+        enable_attention_probs: bool = False,
         **kwargs: Any,
     ) -> None:
+        if enable_attention_probs:
+            requested = kwargs.get("attn_implementation")
+            if requested not in (None, "eager"):
+                logger.warning(
+                    "uniterp: enable_attention_probs=True needs eager attention; ignoring attn_implementation=%r",
+                    requested,
+                )
+            kwargs["attn_implementation"] = "eager"
+            logger.info("uniterp: attention probabilities enabled; the model runs eager attention")
         config = _load_config(model, kwargs, trust_remote_code)
         model_type = str(getattr(config, "model_type", type(config).__name__))
         discovered = False
@@ -168,7 +175,11 @@ class StandardizedTransformer(TransformersModel):
         self._hooked_module: torch.nn.Module | None = None
         self._hook_handles: list[Any] = []
         self._layout: Layout | None = None
+        self._enable_attention_probs = enable_attention_probs
+        self._attention_probs: list[Any] | None = None
+        self._locating = False
         self._values = {name: LayerValues(self, name) for name in LAYER_SITES}
+        self._probs_view = AttentionProbabilities(self)
         stack = self._native(spec.layers)
         if stack is None:
             raise ArchitectureError(model_type, "layers", [spec.layers], "no module at that path")
@@ -177,6 +188,8 @@ class StandardizedTransformer(TransformersModel):
             self._ensure_layout()
             if discovered:
                 self._trust_discovered()
+            if enable_attention_probs:
+                self._ensure_attention_probs()
 
     # -- construction helpers -------------------------------------------------
 
@@ -197,7 +210,27 @@ class StandardizedTransformer(TransformersModel):
         if self._layout is None:
             self._layout = probe_layout(self, self._spec, self._model_type, self.hidden_size)
             logger.debug("uniterp: %s layout probed with %s", self._model_type, self._layout.probed_with)
+            self._bind_layer_modules(self._layout)
         return self._layout
+
+    def _bind_layer_modules(self, layout: Layout) -> None:
+        """Give each block's attention and MLP their standard names (``self_attn``, ``mlp``)."""
+        for index, modules in enumerate(layout.modules):
+            block = self._layer_list._stack[index]
+            for name, rel in modules.items():
+                if rel == name or name in block.__dict__ or hasattr(block._module, name):
+                    continue
+                object.__setattr__(block, name, block.get(rel))
+
+    def _ensure_attention_probs(self) -> None:
+        if self._enable_attention_probs and self._attention_probs is None and not self._locating:
+            from ._attention import locate_all
+
+            self._locating = True
+            try:
+                locate_all(self)
+            finally:
+                self._locating = False
 
     def _trust_discovered(self) -> None:
         result = self.check()
@@ -238,6 +271,14 @@ class StandardizedTransformer(TransformersModel):
         """
         _check_prompts(inputs)
         self._ensure_layout()
+        tokenizer = self.tokenizer
+        if tokenizer is not None and getattr(tokenizer, "padding_side", "left") != "left":
+            # next_token_probs reads the last position of every row: only left padding
+            # puts each prompt's last token there.
+            logger.warning("uniterp: tokenizer.padding_side was %r; batches are left-padded", tokenizer.padding_side)
+            tokenizer.padding_side = "left"
+        if self._enable_attention_probs and self._attention_probs is None and not kwargs.get("remote"):
+            self._ensure_attention_probs()
         if not kwargs.get("remote") and self._layout is not None and self._layout.has_flat_sites:
             self.dispatch()
             self._install_runtime_hooks()
@@ -358,6 +399,15 @@ class StandardizedTransformer(TransformersModel):
     def mlps_output(self) -> LayerValues:
         """MLP (or MoE block) contribution of layer ``i``: ``(batch, seq, hidden)``."""
         return self._values["mlps_output"]
+
+    @property
+    def attention_probabilities(self) -> AttentionProbabilities:
+        """Attention probabilities of layer ``i``: ``(batch, heads, q, k)``. Writable.
+
+        Opt-in: load with ``enable_attention_probs=True`` (eager attention).
+        Unavailable on layers without softmax attention, with the reason.
+        """
+        return self._probs_view
 
     @property
     def token_embeddings(self) -> torch.Tensor:
@@ -549,6 +599,24 @@ class StandardizedTransformer(TransformersModel):
                 replacement = tuple(items)
             self._layer_list[layer].skip(replacement)
 
+    def support(self) -> Any:
+        """Which standardized values this model offers, on which layers, and why not.
+
+        Example::
+
+            >>> print(model.support())
+            llama: 16 layers, block layout 'sequential'
+              token_embeddings   available
+              layers_input       available on every layer
+              ...
+
+        Returns:
+            A `SupportReport`.
+        """
+        from ._support import support_report
+
+        return support_report(self)
+
     def check(self, prompts: Sequence[str] | None = None) -> Any:
         """Run the numerical checks on a short real input; see `CheckResult`.
 
@@ -589,9 +657,16 @@ class StandardizedTransformer(TransformersModel):
             spec = self._spec
             lines.append(row("embed_tokens", spec.embed_tokens, self._native(spec.embed_tokens)._module))
             lines.append(row(f"layers[0..{self.num_layers - 1}]", spec.layers, first))
-            for std, rel in (("  self_attn", spec.attention), ("  mlp", spec.mlp)):
-                module = first.get_submodule(rel) if (first is not None and rel) else None
-                lines.append(row(std, rel, module))
+            blocks = [b._module for b in self._layer_list]
+            for std in ("self_attn", "mlp"):
+                groups: dict[tuple[str, str], list[int]] = {}
+                for i, block in enumerate(blocks):
+                    rel = spec.resolve_layer(block).modules.get(std)
+                    kind = type(block.get_submodule(rel)).__name__ if rel else "absent"
+                    groups.setdefault((rel or "-", kind), []).append(i)
+                for (rel, kind), idx in groups.items():
+                    where = "" if len(groups) == 1 else f"  (layers {_ranges(idx)})"
+                    lines.append(f"    {std:<14} {rel:<34} {kind}{where}")
             norm = self._native(spec.final_norm) if spec.final_norm else None
             lines.append(row("ln_final", spec.final_norm, norm._module if norm is not None else None))
             lines.append(row("lm_head", spec.lm_head, self._native(spec.lm_head)._module))
@@ -603,6 +678,19 @@ class StandardizedTransformer(TransformersModel):
             return "\n".join(lines)
         except Exception:  # noqa: BLE001 - a repr must never raise
             return f"StandardizedTransformer({getattr(self, '_model_type', '?')})"
+
+
+def _ranges(indices: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = indices[0]
+    for i in indices[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(parts)
 
 
 def _require_trace(name: str) -> None:

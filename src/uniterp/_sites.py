@@ -164,6 +164,49 @@ class LayerValues:
         return f"<{self._name}: {len(self)} layers of {self._model.model_type}>"
 
 
+class AttentionProbabilities:
+    """``model.attention_probabilities``: per-layer softmax attention weights.
+
+    Example::
+
+        >>> model = StandardizedTransformer(path, enable_attention_probs=True)
+        >>> with model.trace("The Eiffel Tower is in"):
+        ...     probs = model.attention_probabilities[3].save()    # (batch, heads, q, k)
+        ...     model.attention_probabilities[4] = probs_edit      # writable
+
+    Raises `UnavailableError` with the reason when the model was loaded without
+    ``enable_attention_probs=True`` or layer ``i`` has no softmax attention.
+    """
+
+    def __init__(self, model: StandardizedTransformer) -> None:
+        self._model = model
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from ._attention import read_probabilities
+
+        i = normalize_layer(self._model, index, "attention_probabilities")
+        if not in_trace():
+            raise outside_trace(f"attention_probabilities[{i}]")
+        return read_probabilities(self._model, i)
+
+    def __setitem__(self, index: int, value: torch.Tensor) -> None:
+        from ._attention import write_probabilities
+
+        i = normalize_layer(self._model, index, "attention_probabilities")
+        if not in_trace():
+            raise outside_trace(f"attention_probabilities[{i}]")
+        write_probabilities(self._model, i, value)
+
+    def __len__(self) -> int:
+        return self._model.num_layers
+
+    def available(self, index: int) -> bool:
+        """Whether layer ``index`` has verified attention probabilities."""
+        i = normalize_layer(self._model, index, "attention_probabilities")
+        entries = self._model._attention_probs
+        return entries is not None and not isinstance(entries[i], str)
+
+
 class LayerList:
     """The decoder blocks as nnsight envoys, with range-checked indexing.
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["ArchitectureSpec", "BlockLayout"]
+import torch
+
+__all__ = ["ArchitectureSpec", "BlockLayout", "LayerPaths"]
 
 #: How a decoder block combines its parts.
 #:
@@ -42,9 +44,18 @@ class ArchitectureSpec:
         final_norm: The norm applied after the last block, or ``None`` when the
             model has none (``project_on_vocab`` then skips it).
         lm_head: The unembedding.
-        attention: The attention module, relative to a block; ``None`` if absent.
-        mlp: The MLP (or MoE) module, relative to a block; ``None`` if the block
-            has no single MLP module (then give ``mlp_input``/``mlp_output``).
+        attention: The attention module, relative to a block, or several
+            candidates tried in order (hybrid stacks hold attention on some
+            layers only); ``None`` if the architecture has no attention.
+        mlp: The MLP (or MoE) module, relative to a block, or candidates;
+            ``None`` if the block has no single MLP module (then give
+            ``mlp_input``/``mlp_output``) or no MLP at all.
+        attention_types: Class-name fragments an attention candidate must match
+            (a hybrid whose blocks all hold a ``mixer`` that is attention on some
+            layers and a state-space mixer on others).
+        mlp_types: The same for MLP candidates.
+        unavailable: Reasons, by standardized module name (``"self_attn"``,
+            ``"mlp"``), why the architecture has no such module at all.
         attention_output: Module whose output is the attention's contribution to
             the residual stream, when that is not ``attention``'s own output
             (Bloom adds the residual inside its attention module).
@@ -68,8 +79,11 @@ class ArchitectureSpec:
     layers: str
     final_norm: str | None
     lm_head: str = "lm_head"
-    attention: str | None = "self_attn"
-    mlp: str | None = "mlp"
+    attention: str | tuple[str, ...] | None = "self_attn"
+    mlp: str | tuple[str, ...] | None = "mlp"
+    attention_types: tuple[str, ...] = ()
+    mlp_types: tuple[str, ...] = ()
+    unavailable: dict[str, str] = field(default_factory=dict)
     attention_output: str | None = None
     mlp_input: str | None = None
     mlp_output: str | None = None
@@ -95,15 +109,96 @@ class ArchitectureSpec:
         """The block layout for ``config`` (resolves a callable ``block``)."""
         return self.block(config) if callable(self.block) else self.block
 
-    # Paths, relative to a layer, of the modules that carry each per-layer value.
-    def attention_output_path(self) -> str | None:
-        """Module (relative to a block) whose output is ``attentions_output``."""
-        return self.attention_output or self.attention
+    def resolve_layer(self, block: torch.nn.Module) -> LayerPaths:
+        """Where each per-layer value of ``block`` comes from.
 
-    def mlp_input_path(self) -> str | None:
-        """Module (relative to a block) whose first input is ``mlps_input``."""
-        return self.mlp_input or self.mlp
+        Example::
 
-    def mlp_output_path(self) -> str | None:
-        """Module (relative to a block) whose output is ``mlps_output``."""
-        return self.mlp_output or self.mlp
+            >>> get_spec("llama").resolve_layer(model.model.layers[0]).sites["mlps_output"]
+            'mlp'
+        """
+        paths = LayerPaths()
+        paths.sites["layers_input"] = ""
+        paths.sites["layers_output"] = ""
+        attention = _pick(block, self.attention, self.attention_types)
+        mlp = _pick(block, self.mlp, self.mlp_types)
+        held = ", ".join(f"{n}: {type(c).__name__}" for n, c in block.named_children()) or "nothing"
+        if attention is not None:
+            paths.modules["self_attn"] = attention
+            paths.sites["attentions_input"] = attention
+            paths.sites["attentions_output"] = attention
+        if self.attention_output and _exists(block, self.attention_output):
+            paths.sites["attentions_output"] = self.attention_output
+        if mlp is not None:
+            paths.modules["mlp"] = mlp
+            paths.sites["mlps_input"] = mlp
+            paths.sites["mlps_output"] = mlp
+        if self.mlp_input and _exists(block, self.mlp_input):
+            paths.sites["mlps_input"] = self.mlp_input
+        if self.mlp_output and _exists(block, self.mlp_output):
+            paths.sites["mlps_output"] = self.mlp_output
+        for site, module_name, wanted in (
+            ("attentions_input", "self_attn", self.attention),
+            ("attentions_output", "self_attn", self.attention_output or self.attention),
+            ("mlps_input", "mlp", self.mlp_input or self.mlp),
+            ("mlps_output", "mlp", self.mlp_output or self.mlp),
+        ):
+            if site in paths.sites:
+                continue
+            if module_name in self.unavailable:
+                paths.reasons[site] = self.unavailable[module_name]
+            elif wanted is None:
+                paths.reasons[site] = f"the architecture has no single {self_name(module_name)} module"
+            else:
+                paths.reasons[site] = (
+                    f"this layer has no {self_name(module_name)} (tried {_candidates(wanted)}; "
+                    f"it holds {held})"
+                )
+        return paths
+
+
+def self_name(module_name: str) -> str:
+    """Human wording of a standardized module name."""
+    return {"self_attn": "attention", "mlp": "MLP"}.get(module_name, module_name)
+
+
+@dataclass
+class LayerPaths:
+    """Per-layer resolution of an `ArchitectureSpec` against one block.
+
+    Attributes:
+        sites: Standardized value -> module path relative to the block (``""``
+            is the block itself).
+        modules: Standardized module name (``self_attn``, ``mlp``) -> path.
+        reasons: Standardized value -> why it is unavailable on this layer.
+    """
+
+    sites: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def _candidates(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _exists(block: torch.nn.Module, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _pick(block: torch.nn.Module, wanted: str | tuple[str, ...] | None, types: tuple[str, ...]) -> str | None:
+    for candidate in _candidates(wanted):
+        try:
+            module = block.get_submodule(candidate)
+        except AttributeError:
+            continue
+        if types and not any(t in type(module).__name__ for t in types):
+            continue
+        return candidate
+    return None

@@ -184,6 +184,14 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     def canonical(key: str) -> str:
         return aliases.get(key, key)
 
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        from ._errors import InputError
+
+        raise InputError(
+            f"{model_type} configs have no attribute(s) {unknown}; known size keys include "
+            f"{sorted(k for k in known if k in _SMALL)}"
+        )
     kwargs: dict[str, Any] = {}
     for source in (
         {k: v for k, v in _SMALL.items() if k in known},

@@ -1,0 +1,191 @@
+"""Speed of the research tools, as ratios against one plain HF forward.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_tools.py
+
+Every number is ``median(tool time) / median(plain forward time)`` over the same
+9 prompts, in the same process, on the CPU with one thread, with a GPT-2-shaped
+random model of 12 layers and width 256 (issue 3's setting). Targets: logit lens
+<= 1.25, patchscope over all 12 layers <= 5.
+
+Other sections plug in with `register_section`::
+
+    @register_section("activation collection", target=0.9, higher_is_better=True)
+    def _collection(setup: BenchSetup) -> Callable[[], object]:
+        return lambda: get_token_activations(setup.model, setup.prompts)
+
+A section returns the zero-argument callable to time; it is timed like the
+baseline and reported as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("uniterp.bench")
+
+PROMPTS = (
+    "The Eiffel Tower is in the city of",
+    "The capital of France is",
+    "hello world, the cat sat on the",
+    "one two three four five six",
+    "She said that he would come back tomorrow",
+    "A B C D E F G H",
+    "The capital of Japan is",
+    "0 1 2 3 4 5 6 7 8",
+    "the cat sat on the mat with a",
+)
+
+# GPT-2's config names: ``intermediate_size`` is not one of them (it would be
+# stored but ignored), the MLP width is ``n_inner``.
+MODEL_SHAPE = {
+    "n_layer": 12,
+    "n_embd": 256,
+    "n_head": 4,
+    "n_inner": 1024,
+}
+
+
+@dataclass
+class BenchSetup:
+    """What a section gets: the standardized model, the raw HF module and the prompts."""
+
+    model: Any
+    hf_model: torch.nn.Module
+    encoding: dict[str, torch.Tensor]
+    prompts: list[str] = field(default_factory=lambda: list(PROMPTS))
+
+
+@dataclass
+class Section:
+    name: str
+    build: Callable[[BenchSetup], Callable[[], object]]
+    target: float | None = None
+    higher_is_better: bool = False
+
+
+SECTIONS: list[Section] = []
+BASELINE = "plain HF forward (seconds)"
+
+
+def register_section(
+    name: str, *, target: float | None = None, higher_is_better: bool = False
+) -> Callable[[Callable[[BenchSetup], Callable[[], object]]], Callable[[BenchSetup], Callable[[], object]]]:
+    """Add a benchmark section: a function of `BenchSetup` returning the callable to time."""
+
+    def decorate(
+        build: Callable[[BenchSetup], Callable[[], object]],
+    ) -> Callable[[BenchSetup], Callable[[], object]]:
+        SECTIONS.append(Section(name, build, target, higher_is_better))
+        return build
+
+    return decorate
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall time (seconds) of each function, timed in turn within every repeat.
+
+    Interleaving keeps slow drifts of a shared machine (other jobs, frequency
+    changes) out of the ratios: every function sees the same conditions.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def make_setup() -> BenchSetup:
+    """Build (or reuse) the benchmark model and the baseline inputs."""
+    from uniterp import StandardizedTransformer
+    from uniterp.testing import tiny_model_path
+
+    path = tiny_model_path("gpt2", **MODEL_SHAPE)
+    model = StandardizedTransformer(path, dtype=torch.float32)
+    model.dispatch()
+    hf_model = model._module.eval()
+    encoding = model.tokenizer(list(PROMPTS), padding=True, return_tensors="pt")
+    mask = encoding["attention_mask"]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": encoding["input_ids"], "attention_mask": mask, "position_ids": position_ids}
+    return BenchSetup(model, hf_model, inputs)
+
+
+@register_section("logit lens (all 12 layers)", target=1.25)
+def _logit_lens(setup: BenchSetup) -> Callable[[], object]:
+    from uniterp.lens import logit_lens
+
+    return lambda: logit_lens(setup.model, setup.prompts)
+
+
+@register_section("patchscope lens (all 12 layers)", target=5.0)
+def _patchscope(setup: BenchSetup) -> Callable[[], object]:
+    from uniterp.patchscope import patchscope_lens
+
+    return lambda: patchscope_lens(setup.model, setup.prompts)
+
+
+@register_section("patchscope lens, no prefix cache")
+def _patchscope_full_rows(setup: BenchSetup) -> Callable[[], object]:
+    from uniterp.patchscope import patchscope_lens
+
+    return lambda: patchscope_lens(setup.model, setup.prompts, prefix_cache=False)
+
+
+def run(repeats: int = 15, sections: list[str] | None = None) -> dict[str, float]:
+    """Time the baseline and every section; return ``{section name: ratio}`` (and the baseline seconds)."""
+    torch.set_num_threads(1)
+    setup = make_setup()
+
+    def baseline() -> object:
+        with torch.no_grad():
+            return setup.hf_model(**setup.encoding)
+
+    fns: dict[str, Callable[[], object]] = {BASELINE: baseline}
+    for section in SECTIONS:
+        if not sections or section.name in sections:
+            fns[section.name] = section.build(setup)
+    medians = interleaved_medians(fns, repeats)
+    base = medians.pop(BASELINE)
+    return {BASELINE: base, **{name: value / base for name, value in medians.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print each section's ratio and its target; exit status 1 if a target is missed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    ratios = run(args.repeats)
+    targets = {s.name: s for s in SECTIONS}
+    missed = False
+    for name, value in ratios.items():
+        section = targets.get(name)
+        note = ""
+        if section is not None and section.target is not None:
+            ok = value >= section.target if section.higher_is_better else value <= section.target
+            missed = missed or not ok
+            sign = ">=" if section.higher_is_better else "<="
+            note = f"  (target {sign} {section.target}: {'ok' if ok else 'MISSED'})"
+        unit = "s" if "seconds" in name else "x"
+        print(f"{name:<36} {value:8.3f}{unit}{note}")  # noqa: T201 - a benchmark script prints
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
