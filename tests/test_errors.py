@@ -153,7 +153,7 @@ def test_discovery_for_an_unregistered_type(monkeypatch: pytest.MonkeyPatch) -> 
     model = StandardizedTransformer(tiny_model_path("llama"))
     assert model.spec.layers == "model.layers"
     assert model.spec.final_norm == "model.norm"
-    assert model.spec.attention == "self_attn" and model.spec.mlp == "mlp"
+    assert model.spec.attention == ("self_attn",) and model.spec.mlp == ("mlp",)
     assert model.spec.block == "unknown"
     with torch.no_grad(), model.trace(PROMPTS):
         lens = model.project_on_vocab(model.layers_output[-1]).save()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._errors import UnavailableError
+from ._sites import envoy_at
 
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
@@ -47,13 +48,18 @@ def _probability_op(names: tuple[str, ...]) -> str | None:
 
 
 def _resolve(envoy: Any, path: tuple[str, ...]) -> Any:
+    if path[0].startswith("@"):  # a submodule of the attention module
+        envoy = envoy_at(envoy, path[0][1:])
+        path = path[1:]
     source = envoy.source
     for name in path[:-1]:
         source = getattr(source, name).source
     return getattr(source, path[-1])
 
 
-def discover_probability_ops(model: StandardizedTransformer, layer: int, attention: str) -> tuple[str, ...] | str:
+def discover_probability_ops(
+    model: StandardizedTransformer, layer: int, attention: str
+) -> tuple[str, ...] | str:
     """The op path to the attention probabilities of ``layer``, or why there is none.
 
     Example::
@@ -70,7 +76,24 @@ def discover_probability_ops(model: StandardizedTransformer, layer: int, attenti
         Operation names from the attention forward down to the op whose output
         is the probabilities, or a reason string when none was found.
     """
-    envoy = model.layers[layer].get(attention)
+    block = model.layers[layer]
+    module = envoy_at(block, attention)._module
+    # the attention module itself, then attention-like submodules (BERT's attention.self)
+    candidates = [attention] + [
+        f"{attention}.{name}"
+        for name, sub in module.named_modules()
+        if name and _DRILL.search(type(sub).__name__) and not isinstance(sub, torch.nn.ModuleList)
+    ]
+    reason = "no softmax found in the attention forward or the attention function it calls"
+    for path in candidates:
+        found = _search_module(model, envoy_at(block, path))
+        if isinstance(found, tuple):
+            return found if path == attention else (f"@{path[len(attention) + 1 :]}", *found)
+        reason = found
+    return reason
+
+
+def _search_module(model: StandardizedTransformer, envoy: Any) -> tuple[str, ...] | str:
     try:
         names = envoy.source.names
     except Exception as error:  # noqa: BLE001 - no Python source to inspect
@@ -97,13 +120,13 @@ def discover_probability_ops(model: StandardizedTransformer, layer: int, attenti
 def read_probabilities(model: StandardizedTransformer, layer: int) -> torch.Tensor:
     """The attention probabilities of ``layer`` in the running trace: ``(batch, heads, q, k)``."""
     path, attention = _located(model, layer)
-    return _resolve(model.layers[layer].get(attention), path).output
+    return _resolve(envoy_at(model.layers[layer], attention), path).output
 
 
 def write_probabilities(model: StandardizedTransformer, layer: int, value: torch.Tensor) -> None:
     """Replace the attention probabilities of ``layer`` in the running trace."""
     path, attention = _located(model, layer)
-    _resolve(model.layers[layer].get(attention), path).output = value
+    _resolve(envoy_at(model.layers[layer], attention), path).output = value
 
 
 def _located(model: StandardizedTransformer, layer: int) -> tuple[tuple[str, ...], str]:
@@ -137,7 +160,7 @@ def locate_all(model: StandardizedTransformer) -> list[tuple[tuple[str, ...], st
         if attention is None:
             entries.append(layout.unavailable[index].get("attentions_output", "this layer has no attention"))
             continue
-        kind = type(model.layers[index].get(attention)._module)
+        kind = type(envoy_at(model.layers[index], attention)._module)
         if kind not in by_class:
             by_class[kind] = discover_probability_ops(model, index, attention)
         found = by_class[kind]

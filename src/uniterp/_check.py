@@ -202,7 +202,11 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
 
         # 4. layers chain: input of layer i+1 is output of layer i
         worst = max(
-            (_diff(values["layers_input"][i + 1], values["layers_output"][i]) for i in range(n - 1)),
+            (
+                _diff(values["layers_input"][i + 1], values["layers_output"][i])
+                for i in range(n - 1)
+                if values["layers_input"][i + 1] is not None and values["layers_output"][i] is not None
+            ),
             default=0.0,
         )
         add(
@@ -214,40 +218,41 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
             )
         )
 
-        # 5. parts add up where the block layout implies it
+        # 5. parts add up where the block layout implies it (or, for a layout
+        # nobody declared, whether they do: reported, never failed)
         block = model.spec.block_layout(model.text_config)
-        if block in ("sequential", "parallel"):
-            factor = 1.0
-            if model.spec.residual_multiplier:
-                factor = float(getattr(model.text_config, model.spec.residual_multiplier, 1.0) or 1.0)
-            worst, ok, counted = 0.0, True, 0
-            for i in range(n):
-                parts = [
-                    values[s][i]
-                    for s in ("layers_input", "attentions_output", "mlps_output", "layers_output")
-                ]
-                if any(p is None for p in parts):
-                    continue
-                x, a, m, out = parts
-                total = x + factor * a + factor * m
-                d = _diff(total, out)
-                worst = max(worst, d)
-                ok = ok and d <= _tolerance(out) * 4
-                counted += 1
+        factor = 1.0
+        if model.spec.residual_multiplier:
+            factor = float(getattr(model.text_config, model.spec.residual_multiplier, 1.0) or 1.0)
+        worst, ok, counted = 0.0, True, 0
+        for i in range(n):
+            parts = [
+                values[s][i] for s in ("layers_input", "attentions_output", "mlps_output", "layers_output")
+            ]
+            if any(p is None for p in parts):
+                continue
+            x, a, m, out = parts
+            d = _diff(x + factor * a + factor * m, out)
+            worst = max(worst, d)
+            ok = ok and d <= _tolerance(out) * 4
+            counted += 1
+        name = f"layers_output == layers_input + attn + mlp ({block})"
+        if not counted:
+            add(CheckItem(name, "skipped", "no layer has both an attention and an MLP value"))
+        elif block in ("sequential", "parallel"):
             add(
                 CheckItem(
-                    f"layers_output == layers_input + attn + mlp ({block})",
-                    "passed" if ok and counted else ("skipped" if not counted else "failed"),
-                    f"{counted} layers, max |diff| {worst:.3g}",
-                    worst,
+                    name, "passed" if ok else "failed", f"{counted} layers, max |diff| {worst:.3g}", worst
                 )
+            )
+        elif block == "unknown" and ok:
+            add(
+                CheckItem(name, "passed", f"detected: {counted} layers add up, max |diff| {worst:.3g}", worst)
             )
         else:
             add(
                 CheckItem(
-                    "layers_output == layers_input + attn + mlp",
-                    "skipped",
-                    f"block layout {block!r} does not imply it",
+                    name, "skipped", f"block layout {block!r} does not add them up (max |diff| {worst:.3g})"
                 )
             )
 

@@ -7,17 +7,51 @@ The guess is only a starting point: the model built from it is validated at load
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
 from ._errors import ArchitectureError
-from ._spec import ArchitectureSpec
+from ._spec import ArchitectureSpec, is_attention_class, is_mlp_class
 
 __all__ = ["discover_spec"]
 
-_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "mixer")
-_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "ff")
-_NORM = re.compile(r"norm|ln", re.IGNORECASE)
+# Names a block gives its token mixer / its MLP, most specific first.
+_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "temporal_block", "mixer")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "mlp_block", "moe", "ff")
+_ATTENTION_CLASS = re.compile(r"attention|attn", re.IGNORECASE)
+_MLP_CLASS = re.compile(r"mlp|moe|feedforward|ffn|expert", re.IGNORECASE)
+_NORM_CLASS = re.compile(r"norm", re.IGNORECASE)
+
+# Block shapes that need more than two module names (data: required children -> spec fields).
+_BLOCK_PATTERNS: tuple[tuple[frozenset[str], dict[str, Any]], ...] = (
+    # BERT-style post-norm encoder blocks used as decoders: the attention and the
+    # MLP output modules add the residual and normalise inside; their
+    # contributions are the dense projections.
+    (
+        frozenset({"attention", "intermediate", "output"}),
+        dict(
+            attention="attention",
+            attention_output="attention.output.dense",
+            mlp=None,
+            mlp_input="intermediate",
+            mlp_output="output.dense",
+            block="post_norm",
+        ),
+    ),
+    # fairseq-style decoder blocks (BART, Marian, Pegasus, XGLM, BioGPT, ...): no MLP module.
+    (
+        frozenset({"self_attn", "fc1", "fc2"}),
+        dict(attention="self_attn", mlp=None, mlp_input="fc1", mlp_output="fc2"),
+    ),
+)
+
+# Config keys of logit post-processing, by the spec field that applies them.
+_LOGIT_KEYS = {
+    "logit_softcap": ("final_logit_softcapping",),
+    "logit_scale": ("logit_scale",),
+    "logit_divisor": ("logits_scaling",),
+}
 
 
 def _path_of(root: torch.nn.Module, target: torch.nn.Module | None) -> str | None:
@@ -29,55 +63,76 @@ def _path_of(root: torch.nn.Module, target: torch.nn.Module | None) -> str | Non
     return None
 
 
-def _child_named(block: torch.nn.Module, names: tuple[str, ...], kind: str) -> str | None:
+def _homogeneous(stack: torch.nn.ModuleList) -> bool:
+    kinds = {type(block).__name__ for block in stack}
+    return len(kinds) <= 3  # hybrid stacks mix a few block classes
+
+
+def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int]) -> str:
+    stacks = [
+        (name, child)
+        for name, child in module.named_modules()
+        if isinstance(child, torch.nn.ModuleList) and len(child) > 0 and _homogeneous(child)
+    ]
+    if not stacks:
+        raise ArchitectureError(model_type, "layers", [], "the model holds no ModuleList of blocks")
+
+    def weight(item: tuple[str, torch.nn.Module]) -> int:
+        return sum(p.numel() for p in item[1].parameters())
+
+    for count in counts:
+        matching = [s for s in stacks if len(s[1]) == count]
+        if matching:
+            return max(matching, key=weight)[0]
+    return max(stacks, key=weight)[0]
+
+
+def _child(
+    block: torch.nn.Module, names: tuple[str, ...], pattern: re.Pattern[str], accept: Any
+) -> tuple[str, ...]:
+    """The child that is the block's attention (or MLP): by class name first, then by name."""
     children = dict(block.named_children())
-    for name in names:
-        if name in children:
-            return name
-    for name, child in children.items():
-        if kind.lower() in type(child).__name__.lower():
-            return name
-    return None
+
+    def allowed(name: str) -> bool:
+        child = children[name]
+        return accept(type(child).__name__) and not isinstance(child, torch.nn.ModuleList)
+
+    found = [n for n in names if n in children and allowed(n) and pattern.search(type(children[n]).__name__)]
+    found += [
+        n for n, c in children.items() if n not in found and allowed(n) and pattern.search(type(c).__name__)
+    ]
+    found += [n for n in names if n in children and n not in found and allowed(n)]
+    return tuple(found[:1])
 
 
-def discover_spec(module: torch.nn.Module, model_type: str, num_layers: int | None) -> ArchitectureSpec:
+def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) -> ArchitectureSpec:
     """Locate the standard pieces of ``module`` by structure and naming conventions.
 
     Example::
 
-        >>> spec = discover_spec(hf_model, "mytype", 12)
+        >>> spec = discover_spec(hf_model, "mytype", hf_model.config)
         >>> spec.layers
         'model.layers'
 
     Args:
         module: The ``*ForCausalLM`` module (real or on the meta device).
         model_type: Its ``config.model_type`` (for error messages).
-        num_layers: The configured number of decoder layers, if known.
+        config: Its (text) config, for the layer count and logit post-processing.
 
     Returns:
-        A spec with ``block="unknown"``.
+        A spec with ``block="unknown"`` unless a known block shape was recognised.
 
     Raises:
         ArchitectureError: A required piece (the decoder stack, the embedding or
             the unembedding) could not be found.
     """
-    stacks = [
-        (name, child)
-        for name, child in module.named_modules()
-        if isinstance(child, torch.nn.ModuleList) and len(child) > 0
+    counts = [
+        value
+        for key in ("num_hidden_layers", "decoder_layers", "n_layer", "num_layers")
+        if isinstance(value := getattr(config, key, None), int)
     ]
-    tried = [name for name, _ in stacks]
-    if num_layers is not None:
-        stacks = [(n, c) for n, c in stacks if len(c) == num_layers]
-    if not stacks:
-        raise ArchitectureError(
-            model_type,
-            "layers",
-            tried,
-            f"no ModuleList with {num_layers} entries (config num_hidden_layers)",
-        )
-    # The decoder stack holds most of the parameters.
-    layers_path, stack = max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    layers_path = _pick_stack(module, model_type, counts)
+    stack = module.get_submodule(layers_path)
 
     get_in = getattr(module, "get_input_embeddings", None)
     get_out = getattr(module, "get_output_embeddings", None)
@@ -91,6 +146,10 @@ def discover_spec(module: torch.nn.Module, model_type: str, num_layers: int | No
         raise ArchitectureError(
             model_type, "lm_head", ["get_output_embeddings()"], "the model names no output embedding"
         )
+    # The whole prediction head (BERT's cls: transform + decoder), not only its last Linear.
+    top = head_path.split(".")[0]
+    if top != head_path and not layers_path.startswith(top + "."):
+        head_path = top
 
     parent_path = layers_path.rpartition(".")[0]
     parent = module.get_submodule(parent_path) if parent_path else module
@@ -100,17 +159,42 @@ def discover_spec(module: torch.nn.Module, model_type: str, num_layers: int | No
         if child is stack:
             seen_layers = True
             continue
-        if seen_layers and _NORM.search(name) and not list(child.children()):
+        if seen_layers and _NORM_CLASS.search(type(child).__name__):
             final_norm = f"{parent_path}.{name}" if parent_path else name
 
-    block = stack[0]
+    fields: dict[str, Any] = {}
+    children = {n for block in stack for n, _ in block.named_children()}
+    for required, pattern_fields in _BLOCK_PATTERNS:
+        if required <= children:
+            fields = dict(pattern_fields)
+            break
+    if not fields:
+        attention: list[str] = []
+        mlp: list[str] = []
+        for block in stack:
+            for name in _child(block, _ATTENTION_NAMES, _ATTENTION_CLASS, is_attention_class):
+                if name not in attention:
+                    attention.append(name)
+            for name in _child(block, _MLP_NAMES, _MLP_CLASS, is_mlp_class):
+                if name not in mlp:
+                    mlp.append(name)
+        held = ", ".join(sorted({f"{n}: {type(c).__name__}" for b in stack for n, c in b.named_children()}))
+        unavailable = {}
+        if not attention:
+            unavailable["self_attn"] = f"no block holds softmax attention (blocks hold {held})"
+        if not mlp:
+            unavailable["mlp"] = f"no block holds an MLP module (blocks hold {held})"
+        fields = dict(attention=tuple(attention) or None, mlp=tuple(mlp) or None, unavailable=unavailable)
+    for field_name, keys in _LOGIT_KEYS.items():
+        for key in keys:
+            if getattr(config, key, None) is not None:
+                fields[field_name] = key
+    fields.setdefault("block", "unknown")
     return ArchitectureSpec(
         embed_tokens=embed_path,
         layers=layers_path,
         final_norm=final_norm,
         lm_head=head_path,
-        attention=_child_named(block, _ATTENTION_NAMES, "attention"),
-        mlp=_child_named(block, _MLP_NAMES, "mlp"),
-        block="unknown",
         notes="discovered automatically",
+        **fields,
     )

@@ -11,9 +11,10 @@ value has the shape it should.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 

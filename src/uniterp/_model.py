@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,13 +11,14 @@ import torch
 from nnsight.modeling.transformers import TransformersModel
 
 from ._discovery import discover_spec
-from ._errors import ArchitectureError, InputError, ShapeError, UnavailableError
+from ._errors import ArchitectureError, InputError, ShapeError, UnavailableError, UniterpError
 from ._families import get_spec
 from ._layout import LAYER_SITES, Layout, probe_layout
 from ._sites import (
     AttentionProbabilities,
     LayerList,
     LayerValues,
+    envoy_at,
     in_trace,
     normalize_layer,
     outside_trace,
@@ -152,13 +154,28 @@ class StandardizedTransformer(TransformersModel):
         if spec is None:
             module = model if isinstance(model, torch.nn.Module) else _meta_module(config, trust_remote_code)
             text = config.get_text_config() if hasattr(config, "get_text_config") else config
-            spec = discover_spec(module, model_type, getattr(text, "num_hidden_layers", None))
+            spec = discover_spec(module, model_type, text)
             discovered = True
             logger.info("uniterp: %s has no registered spec; discovered %s", model_type, spec)
         if tokenizer is None:
             tokenizer = _load_tokenizer(model, kwargs, trust_remote_code)
         rename = {**_rename_for(spec), **(kwargs.pop("rename", None) or {})}
         kwargs.pop("task", None)
+        with warnings.catch_warnings():
+            # nnsight mounts a submodule named `output` (BERT) as `E_output` and says so;
+            # uniterp resolves such paths itself.
+            warnings.filterwarnings("ignore", message=r".*has a submodule named", category=UserWarning)
+            self._construct(model, tokenizer, rename, trust_remote_code, kwargs)
+        self._finish_init(model_type, spec, discovered, enable_attention_probs, check_on_load)
+
+    def _construct(
+        self,
+        model: Any,
+        tokenizer: Any,
+        rename: dict[str, str],
+        trust_remote_code: bool,
+        kwargs: dict[str, Any],
+    ) -> None:
         super().__init__(
             model,
             task="text-generation",
@@ -167,6 +184,15 @@ class StandardizedTransformer(TransformersModel):
             trust_remote_code=trust_remote_code,
             **kwargs,
         )
+
+    def _finish_init(
+        self,
+        model_type: str,
+        spec: ArchitectureSpec,
+        discovered: bool,
+        enable_attention_probs: bool,
+        check_on_load: bool,
+    ) -> None:
         self._spec = spec
         self._model_type = model_type
         self._discovered = discovered
@@ -197,12 +223,12 @@ class StandardizedTransformer(TransformersModel):
         """The envoy at native ``path`` (relative to the causal-LM module), or ``None``."""
         if path in self._envoy_cache:
             return self._envoy_cache[path]
-        obj: Any = self
+        module: Any = self._module
         for part in path.split("."):
-            module = getattr(obj._module, part, None) if hasattr(obj, "_module") else None
-            if module is None:
+            module = getattr(module, part, None)
+            if not isinstance(module, torch.nn.Module):
                 return None
-            obj = getattr(obj, part)
+        obj = envoy_at(self, path)
         self._envoy_cache[path] = obj
         return obj
 
@@ -220,7 +246,7 @@ class StandardizedTransformer(TransformersModel):
             for name, rel in modules.items():
                 if rel == name or name in block.__dict__ or hasattr(block._module, name):
                     continue
-                object.__setattr__(block, name, block.get(rel))
+                object.__setattr__(block, name, envoy_at(block, rel))
 
     def _ensure_attention_probs(self) -> None:
         if self._enable_attention_probs and self._attention_probs is None and not self._locating:
@@ -275,7 +301,9 @@ class StandardizedTransformer(TransformersModel):
         if tokenizer is not None and getattr(tokenizer, "padding_side", "left") != "left":
             # next_token_probs reads the last position of every row: only left padding
             # puts each prompt's last token there.
-            logger.warning("uniterp: tokenizer.padding_side was %r; batches are left-padded", tokenizer.padding_side)
+            logger.warning(
+                "uniterp: tokenizer.padding_side was %r; batches are left-padded", tokenizer.padding_side
+            )
             tokenizer.padding_side = "left"
         if self._enable_attention_probs and self._attention_probs is None and not kwargs.get("remote"):
             self._ensure_attention_probs()
@@ -644,11 +672,14 @@ class StandardizedTransformer(TransformersModel):
         try:
             layers = self._native(self._spec.layers)
             first = layers[0]._module if layers is not None else None
-            lines = [
-                f"StandardizedTransformer({self._model_type}: {self.num_layers} layers, "
-                f"hidden {self.hidden_size}, heads {self.num_heads} (kv {self.num_kv_heads}), "
-                f"vocab {self.vocab_size})"
-            ]
+            sizes = [f"{self.num_layers} layers"]
+            for label, getter in (("hidden", "hidden_size"), ("heads", "num_heads"), ("kv", "num_kv_heads")):
+                try:
+                    sizes.append(f"{label} {getattr(self, getter)}")
+                except UniterpError:
+                    pass
+            sizes.append(f"vocab {self.vocab_size}")
+            lines = [f"StandardizedTransformer({self._model_type}: {', '.join(sizes)})"]
 
             def row(name: str, path: str | None, module: Any) -> str:
                 kind = type(module).__name__ if module is not None else "absent"

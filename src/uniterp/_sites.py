@@ -21,11 +21,29 @@ if TYPE_CHECKING:
 __all__ = ["LayerList", "LayerValues", "read_value", "write_value"]
 
 
+def envoy_at(root: Any, path: str) -> Any:
+    """The envoy at native module ``path`` under ``root`` (an envoy).
+
+    A submodule named like a value nnsight serves on every envoy (BERT's
+    ``output``) is mounted by nnsight under a prefixed name; this follows it.
+    """
+    import inspect
+
+    from nnsight.intervention.envoy import Envoy
+
+    obj = root
+    for part in path.split(".") if path else ():
+        if not part.startswith("_") and inspect.isdatadescriptor(getattr(Envoy, part, None)):
+            part = f"{Envoy.OVERLOAD_PREFIX}{part}"
+        obj = getattr(obj, part)
+    return obj
+
+
 def _envoy(model: StandardizedTransformer, path: str) -> Any:
     cache = model._envoy_cache
     envoy = cache.get(path)
     if envoy is None:
-        envoy = model.get(path) if path else model
+        envoy = envoy_at(model, path)
         cache[path] = envoy
     return envoy
 

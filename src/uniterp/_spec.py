@@ -9,6 +9,7 @@ are relative to one decoder layer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -25,6 +26,55 @@ __all__ = ["ArchitectureSpec", "BlockLayout", "LayerPaths"]
 #: - ``"post_norm"``: the residual stream is normalised after each add (OPT-350m).
 #: - ``"unknown"``: discovered automatically; no additive identity is assumed.
 BlockLayout = Literal["sequential", "parallel", "sandwich", "post_norm", "unknown"]
+
+
+#: Class-name fragments of token mixers that are not softmax attention (linear
+#: attention, state-space and recurrent mixers, convolutions); matched case-insensitively.
+NOT_ATTENTION: tuple[str, ...] = (
+    "delta",
+    "linear",
+    "lightning",
+    "mamba",
+    "ssm",
+    "conv",
+    "recurren",
+    "rwkv",
+    "lstm",
+)
+#: Class-name fragments of modules that are not an MLP (token mixers).
+NOT_MLP: tuple[str, ...] = ("mamba", "ssm", "conv", "recurren", "delta")
+
+_ATTENTION_LIKE = re.compile(r"attention|attn", re.IGNORECASE)
+_MLP_LIKE = re.compile(r"mlp|moe|feedforward|ffn|expert", re.IGNORECASE)
+
+
+def is_attention_class(name: str, excluded: tuple[str, ...] = NOT_ATTENTION) -> bool:
+    """Whether a module class named ``name`` may be softmax attention.
+
+    Example::
+
+        >>> is_attention_class("Qwen2MoeAttention"), is_attention_class("Qwen3NextGatedDeltaNet")
+        (True, False)
+    """
+    lower = name.lower()
+    if any(x in lower for x in excluded):
+        return False
+    return bool(_ATTENTION_LIKE.search(name)) or not _MLP_LIKE.search(name)
+
+
+def is_mlp_class(name: str, excluded: tuple[str, ...] = NOT_MLP) -> bool:
+    """Whether a module class named ``name`` may be an MLP (or MoE block).
+
+    Example::
+
+        >>> is_mlp_class("MixtralSparseMoeBlock"), is_mlp_class("NemotronHAttention")
+        (True, False)
+    """
+    if _ATTENTION_LIKE.search(name):
+        return False
+    if _MLP_LIKE.search(name):
+        return True
+    return not any(x in name.lower() for x in excluded)
 
 
 @dataclass(frozen=True)
@@ -50,10 +100,14 @@ class ArchitectureSpec:
         mlp: The MLP (or MoE) module, relative to a block, or candidates;
             ``None`` if the block has no single MLP module (then give
             ``mlp_input``/``mlp_output``) or no MLP at all.
+        not_attention_types: Class-name fragments (case-insensitive) that
+            disqualify an attention candidate: linear attention, state-space and
+            recurrent mixers are not softmax attention.
         attention_types: Class-name fragments an attention candidate must match
             (a hybrid whose blocks all hold a ``mixer`` that is attention on some
             layers and a state-space mixer on others).
         mlp_types: The same for MLP candidates.
+        not_mlp_types: Class-name fragments that disqualify an MLP candidate.
         unavailable: Reasons, by standardized module name (``"self_attn"``,
             ``"mlp"``), why the architecture has no such module at all.
         attention_output: Module whose output is the attention's contribution to
@@ -83,6 +137,8 @@ class ArchitectureSpec:
     mlp: str | tuple[str, ...] | None = "mlp"
     attention_types: tuple[str, ...] = ()
     mlp_types: tuple[str, ...] = ()
+    not_attention_types: tuple[str, ...] = NOT_ATTENTION
+    not_mlp_types: tuple[str, ...] = NOT_MLP
     unavailable: dict[str, str] = field(default_factory=dict)
     attention_output: str | None = None
     mlp_input: str | None = None
@@ -120,8 +176,13 @@ class ArchitectureSpec:
         paths = LayerPaths()
         paths.sites["layers_input"] = ""
         paths.sites["layers_output"] = ""
-        attention = _pick(block, self.attention, self.attention_types)
-        mlp = _pick(block, self.mlp, self.mlp_types)
+        attention = _pick(
+            block,
+            self.attention,
+            self.attention_types,
+            lambda k: is_attention_class(k, self.not_attention_types),
+        )
+        mlp = _pick(block, self.mlp, self.mlp_types, lambda k: is_mlp_class(k, self.not_mlp_types))
         held = ", ".join(f"{n}: {type(c).__name__}" for n, c in block.named_children()) or "nothing"
         if attention is not None:
             paths.modules["self_attn"] = attention
@@ -192,13 +253,21 @@ def _exists(block: torch.nn.Module, path: str) -> bool:
     return True
 
 
-def _pick(block: torch.nn.Module, wanted: str | tuple[str, ...] | None, types: tuple[str, ...]) -> str | None:
+def _pick(
+    block: torch.nn.Module,
+    wanted: str | tuple[str, ...] | None,
+    types: tuple[str, ...],
+    accept: Any,
+) -> str | None:
     for candidate in _candidates(wanted):
         try:
             module = block.get_submodule(candidate)
         except AttributeError:
             continue
-        if types and not any(t in type(module).__name__ for t in types):
+        kind = type(module).__name__
+        if types and not any(t in kind for t in types):
+            continue
+        if not accept(kind):
             continue
         return candidate
     return None

@@ -147,7 +147,9 @@ def support_report(model: StandardizedTransformer) -> SupportReport:
         entries = model._attention_probs or []
         layers = tuple(i for i, e in enumerate(entries) if not isinstance(e, str))
         missing = {i: e for i, e in enumerate(entries) if isinstance(e, str)}
-        values.append(ValueSupport("attention_probabilities", per_layer=True, layers=layers, unavailable=missing))
+        values.append(
+            ValueSupport("attention_probabilities", per_layer=True, layers=layers, unavailable=missing)
+        )
     for name in _GLOBAL_VALUES[1:]:
         values.append(ValueSupport(name, per_layer=False))
     return SupportReport(model.model_type, n, str(model.spec.block_layout(model.text_config)), values)

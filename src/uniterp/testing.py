@@ -18,6 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._tiny_configs import OVERRIDES as _OVERRIDES
+from ._tiny_configs import SMALL as _SMALL
+
 __all__ = ["TINY_FAMILIES", "build_tiny_tokenizer", "tiny_config", "tiny_model_path"]
 
 #: The families the test-suite exercises (one tiny model each).
@@ -51,6 +54,7 @@ TINY_FAMILIES: tuple[str, ...] = (
 )
 
 _SPECIAL = "<|endoftext|>"
+_TOKENIZER_VERSION = 1
 _CORPUS = (
     "The Eiffel Tower is in the city of Paris.",
     "The capital of France is Paris. The capital of Japan is Tokyo.",
@@ -61,59 +65,6 @@ _CORPUS = (
     "A B C D E F G H I J K L M N O P Q R S T U V W X Y Z",
     "She said that he would come back tomorrow morning.",
 )
-
-# Config keys set on every config that has them: small sizes, few layers.
-_SMALL = {
-    "vocab_size": 512,
-    "hidden_size": 64,
-    "n_embd": 64,
-    "d_model": 64,
-    "num_hidden_layers": 3,
-    "n_layer": 3,
-    "num_layers": 3,
-    "num_attention_heads": 4,
-    "n_head": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 128,
-    "n_inner": 128,
-    "ffn_dim": 128,
-    "head_dim": 16,
-    "max_position_embeddings": 256,
-    "n_positions": 256,
-    "n_ctx": 256,
-    "num_local_experts": 4,
-    "num_experts": 4,
-    "num_experts_per_tok": 2,
-    "moe_intermediate_size": 32,
-    "shared_expert_intermediate_size": 64,
-    "sliding_window": 64,
-    "rotary_dim": 8,
-    "partial_rotary_factor": 0.5,
-    "attention_dropout": 0.0,
-    "hidden_dropout": 0.0,
-    "resid_pdrop": 0.0,
-    "embd_pdrop": 0.0,
-    "attn_pdrop": 0.0,
-    "dropout": 0.0,
-    "summary_first_dropout": 0.0,
-    "tie_word_embeddings": False,
-}
-
-# Per-family adjustments on top of ``_SMALL`` (keys the family needs differently).
-_OVERRIDES: dict[str, dict[str, Any]] = {
-    "gpt_neox": {"rotary_pct": 0.5},
-    "gptj": {"rotary_dim": 8},
-    "codegen": {"rotary_dim": 8},
-    "falcon": {"new_decoder_architecture": False, "multi_query": True, "parallel_attn": True},
-    "bloom": {"n_head": 4},
-    "opt": {"word_embed_proj_dim": 64, "ffn_dim": 128, "do_layer_norm_before": True},
-    "gemma2": {"final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
-    "gemma3_text": {"final_logit_softcapping": 30.0, "sliding_window_pattern": 2},
-    "qwen2_moe": {"decoder_sparse_step": 1, "mlp_only_layers": []},
-    "qwen3_moe": {"decoder_sparse_step": 1, "mlp_only_layers": []},
-    "phi": {"partial_rotary_factor": 0.5},
-    "gpt_bigcode": {"multi_query": True},
-}
 
 
 def build_tiny_tokenizer(vocab_size: int = 384) -> Any:
@@ -245,13 +196,14 @@ def tiny_model_path(
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    key = hashlib.sha1(repr((model_type, seed, str(dtype), sorted(overrides.items()))).encode())
+    config = tiny_config(model_type, **overrides)
+    # keyed by the resolved config, so a change to the tiny-config data rebuilds
+    key = hashlib.sha1(repr((config.to_json_string(), seed, str(dtype), _TOKENIZER_VERSION)).encode())
     folder = (
         Path(directory) if directory is not None else _cache_root() / (f"{model_type}-{key.hexdigest()[:12]}")
     )
     if (folder / "config.json").exists() and directory is None:
         return str(folder)
-    config = tiny_config(model_type, **overrides)
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
