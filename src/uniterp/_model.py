@@ -11,8 +11,9 @@ import torch
 from nnsight.modeling.transformers import TransformersModel
 
 from ._discovery import discover_spec
-from ._errors import ArchitectureError, InputError, ShapeError, UnavailableError, UniterpError
+from ._errors import ArchitectureError, InputError, UnavailableError
 from ._families import get_spec
+from ._interventions import skip_layer_range, steer_layers
 from ._layout import LAYER_SITES, Layout, probe_layout
 from ._sites import (
     AttentionProbabilities,
@@ -20,12 +21,12 @@ from ._sites import (
     LayerValues,
     envoy_at,
     in_trace,
-    normalize_layer,
     outside_trace,
     read_value,
     write_value,
 )
 from ._spec import ArchitectureSpec
+from ._support import describe_tree
 
 __all__ = ["StandardizedTransformer"]
 
@@ -557,25 +558,7 @@ class StandardizedTransformer(TransformersModel):
             ShapeError: The vector's last dimension is not ``hidden_size``.
             LayerIndexError: A layer index is out of range.
         """
-        if not isinstance(steering_vector, torch.Tensor):
-            steering_vector = torch.as_tensor(steering_vector)
-        if steering_vector.ndim == 0 or steering_vector.shape[-1] != self.hidden_size:
-            raise ShapeError(
-                f"steering vector has shape {tuple(steering_vector.shape)}; expected its last "
-                f"dimension to be hidden_size={self.hidden_size} for {self._model_type}"
-            )
-        indices = [layers] if isinstance(layers, int) else list(layers)
-        if not indices:
-            raise InputError("steer: no layers given")
-        ordered = sorted({normalize_layer(self, i, "steer layers") for i in indices})
-        for layer in ordered:
-            hidden = self.layers_output[layer]
-            rows = _index_tensor(batch_index, hidden.shape[0], hidden.device)
-            cols = _index_tensor(token_positions, hidden.shape[1], hidden.device)
-            vector = steering_vector.to(dtype=hidden.dtype, device=hidden.device) * factor
-            steered = hidden.clone()
-            steered[rows[:, None], cols[None, :]] += vector
-            self.layers_output[layer] = steered
+        steer_layers(self, layers, steering_vector, factor, token_positions, batch_index)
 
     def skip_layer(self, layer: int, skip_with: torch.Tensor | None = None) -> None:
         """Skip layer ``layer``: its output becomes its input (or ``skip_with``).
@@ -609,23 +592,7 @@ class StandardizedTransformer(TransformersModel):
             skip_with: ``(batch, seq, hidden)`` used as every skipped layer's
                 output; default: ``layers_input[start]``.
         """
-        first = normalize_layer(self, start, "skip_layers start")
-        last = normalize_layer(self, end, "skip_layers end")
-        if last < first:
-            raise InputError(f"skip_layers: end ({end}) comes before start ({start})")
-        layout = self._ensure_layout()
-        hidden = skip_with if skip_with is not None else self.layers_input[first]
-        for layer in range(first, last + 1):
-            loc = layout.layers[layer]["layers_output"]
-            if loc.key is None:
-                replacement: Any = hidden
-            else:
-                # Other tuple elements (attention weights) are not computed for a
-                # skipped layer; they become None.
-                items: list[Any] = [None] * loc.tuple_len
-                items[loc.key] = hidden
-                replacement = tuple(items)
-            self._layer_list[layer].skip(replacement)
+        skip_layer_range(self, start, end, skip_with)
 
     def support(self) -> Any:
         """Which standardized values this model offers, on which layers, and why not.
@@ -669,74 +636,12 @@ class StandardizedTransformer(TransformersModel):
     # -- display --------------------------------------------------------------
 
     def __repr__(self) -> str:
-        try:
-            layers = self._native(self._spec.layers)
-            first = layers[0]._module if layers is not None else None
-            sizes = [f"{self.num_layers} layers"]
-            for label, getter in (("hidden", "hidden_size"), ("heads", "num_heads"), ("kv", "num_kv_heads")):
-                try:
-                    sizes.append(f"{label} {getattr(self, getter)}")
-                except UniterpError:
-                    pass
-            sizes.append(f"vocab {self.vocab_size}")
-            lines = [f"StandardizedTransformer({self._model_type}: {', '.join(sizes)})"]
-
-            def row(name: str, path: str | None, module: Any) -> str:
-                kind = type(module).__name__ if module is not None else "absent"
-                return f"  {name:<16} {path or '-':<34} {kind}"
-
-            spec = self._spec
-            lines.append(row("embed_tokens", spec.embed_tokens, self._native(spec.embed_tokens)._module))
-            lines.append(row(f"layers[0..{self.num_layers - 1}]", spec.layers, first))
-            blocks = [b._module for b in self._layer_list]
-            for std in ("self_attn", "mlp"):
-                groups: dict[tuple[str, str], list[int]] = {}
-                for i, block in enumerate(blocks):
-                    rel = spec.resolve_layer(block).modules.get(std)
-                    kind = type(block.get_submodule(rel)).__name__ if rel else "absent"
-                    groups.setdefault((rel or "-", kind), []).append(i)
-                for (rel, kind), idx in groups.items():
-                    where = "" if len(groups) == 1 else f"  (layers {_ranges(idx)})"
-                    lines.append(f"    {std:<14} {rel:<34} {kind}{where}")
-            norm = self._native(spec.final_norm) if spec.final_norm else None
-            lines.append(row("ln_final", spec.final_norm, norm._module if norm is not None else None))
-            lines.append(row("lm_head", spec.lm_head, self._native(spec.lm_head)._module))
-            lines.append(
-                "  values: token_embeddings, "
-                + ", ".join(LAYER_SITES)
-                + ", logits, next_token_probs, input_ids, attention_mask"
-            )
-            return "\n".join(lines)
-        except Exception:  # noqa: BLE001 - a repr must never raise
-            return f"StandardizedTransformer({getattr(self, '_model_type', '?')})"
-
-
-def _ranges(indices: list[int]) -> str:
-    parts: list[str] = []
-    start = prev = indices[0]
-    for i in indices[1:] + [None]:  # type: ignore[list-item]
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if i is not None:
-            start = prev = i
-    return ", ".join(parts)
+        return describe_tree(self)
 
 
 def _require_trace(name: str) -> None:
     if not in_trace():
         raise outside_trace(name)
-
-
-def _index_tensor(index: int | Sequence[int] | None, size: int, device: torch.device) -> torch.Tensor:
-    if index is None:
-        return torch.arange(size, device=device)
-    values = [index] if isinstance(index, int) else list(index)
-    tensor = torch.as_tensor(values, dtype=torch.long, device=device)
-    if ((tensor < -size) | (tensor >= size)).any():
-        raise InputError(f"index {values} out of range for a dimension of size {size}")
-    return tensor % size
 
 
 def _check_prompts(inputs: tuple[Any, ...]) -> None:

@@ -153,3 +153,49 @@ def support_report(model: StandardizedTransformer) -> SupportReport:
     for name in _GLOBAL_VALUES[1:]:
         values.append(ValueSupport(name, per_layer=False))
     return SupportReport(model.model_type, n, str(model.spec.block_layout(model.text_config)), values)
+
+
+def describe_tree(self: StandardizedTransformer) -> str:
+    """The standardized tree of ``self`` and where each piece lives natively (its repr)."""
+    from ._errors import UniterpError
+
+    try:
+        layers = self._native(self._spec.layers)
+        first = layers[0]._module if layers is not None else None
+        sizes = [f"{self.num_layers} layers"]
+        for label, getter in (("hidden", "hidden_size"), ("heads", "num_heads"), ("kv", "num_kv_heads")):
+            try:
+                sizes.append(f"{label} {getattr(self, getter)}")
+            except UniterpError:
+                pass
+        sizes.append(f"vocab {self.vocab_size}")
+        lines = [f"StandardizedTransformer({self._model_type}: {', '.join(sizes)})"]
+
+        def row(name: str, path: str | None, module: Any) -> str:
+            kind = type(module).__name__ if module is not None else "absent"
+            return f"  {name:<16} {path or '-':<34} {kind}"
+
+        spec = self._spec
+        lines.append(row("embed_tokens", spec.embed_tokens, self._native(spec.embed_tokens)._module))
+        lines.append(row(f"layers[0..{self.num_layers - 1}]", spec.layers, first))
+        blocks = [b._module for b in self._layer_list]
+        for std in ("self_attn", "mlp"):
+            groups: dict[tuple[str, str], list[int]] = {}
+            for i, block in enumerate(blocks):
+                rel = spec.resolve_layer(block).modules.get(std)
+                kind = type(block.get_submodule(rel)).__name__ if rel else "absent"
+                groups.setdefault((rel or "-", kind), []).append(i)
+            for (rel, kind), idx in groups.items():
+                where = "" if len(groups) == 1 else f"  (layers {_ranges(idx)})"
+                lines.append(f"    {std:<14} {rel:<34} {kind}{where}")
+        norm = self._native(spec.final_norm) if spec.final_norm else None
+        lines.append(row("ln_final", spec.final_norm, norm._module if norm is not None else None))
+        lines.append(row("lm_head", spec.lm_head, self._native(spec.lm_head)._module))
+        lines.append(
+            "  values: token_embeddings, "
+            + ", ".join(LAYER_SITES)
+            + ", logits, next_token_probs, input_ids, attention_mask"
+        )
+        return "\n".join(lines)
+    except Exception:  # noqa: BLE001 - a repr must never raise
+        return f"StandardizedTransformer({getattr(self, '_model_type', '?')})"
