@@ -150,6 +150,17 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
     top = head_path.split(".")[0]
     if top != head_path and not layers_path.startswith(top + "."):
         head_path = top
+    # Top-level modules besides the backbone and the head that carry weights sit
+    # between them (ELECTRA's generator_predictions); check() verifies the guess.
+    backbone = layers_path.split(".")[0]
+    pre_unembed = tuple(
+        name
+        for name, child in module.named_children()
+        if name not in (backbone, head_path.split(".")[0])
+        and any(True for _ in child.parameters())
+        and not embed_path.startswith(name + ".")
+        and embed_path != name
+    )
 
     parent_path = layers_path.rpartition(".")[0]
     parent = module.get_submodule(parent_path) if parent_path else module
@@ -195,6 +206,7 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         layers=layers_path,
         final_norm=final_norm,
         lm_head=head_path,
+        pre_unembed=pre_unembed,
         notes="discovered automatically",
         **fields,
     )

@@ -11,7 +11,7 @@ import torch
 from nnsight.modeling.transformers import TransformersModel
 
 from ._discovery import discover_spec
-from ._errors import ArchitectureError, InputError, UnavailableError
+from ._errors import ArchitectureError, InputError, UnavailableError, UniterpError
 from ._families import get_spec
 from ._interventions import skip_layer_range, steer_layers
 from ._layout import LAYER_SITES, Layout, probe_layout
@@ -260,7 +260,17 @@ class StandardizedTransformer(TransformersModel):
                 self._locating = False
 
     def _trust_discovered(self) -> None:
-        result = self.check()
+        try:
+            result = self.check()
+        except UniterpError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure means the guess is not trusted
+            raise ArchitectureError(
+                self._model_type,
+                "layers_output",
+                [self._spec.layers],
+                f"the automatically discovered layout could not be checked: {type(error).__name__}: {error}",
+            ) from error
         if not result.passed:
             raise ArchitectureError(
                 self._model_type,
