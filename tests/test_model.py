@@ -251,3 +251,18 @@ def test_forward_order_reading_in_one_trace() -> None:
         a = model.layers_output[0].save()
         b = model.layers_output[2].save()
     assert a.shape == b.shape == (3, a.shape[1], 64)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "falcon"])
+def test_remote_local_trace_matches_local(family: str) -> None:
+    model = load_tiny(family)
+    with torch.no_grad():
+        with model.trace(PROMPTS):
+            local = model.layers_output[1].save()
+            local_logits = model.logits.save()
+        with model.trace(PROMPTS, remote="local"):
+            remote = model.layers_output[1].save()
+            model.layers_output[2] = model.layers_output[2] * 1.0
+            remote_logits = model.logits.save()
+    assert torch.equal(local, remote)
+    assert torch.equal(local_logits, remote_logits)

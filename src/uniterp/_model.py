@@ -307,6 +307,10 @@ class StandardizedTransformer(TransformersModel):
             ...     probs = model.next_token_probs.save()   # (2, vocab)
         """
         _check_prompts(inputs)
+        if kwargs.get("remote"):
+            from ._tooling import use_remote
+
+            use_remote(kwargs["remote"])
         self._ensure_layout()
         tokenizer = self.tokenizer
         if tokenizer is not None and getattr(tokenizer, "padding_side", "left") != "left":
