@@ -40,3 +40,47 @@ def model(family: str) -> StandardizedTransformer:
 
 
 PROMPTS = ["The Eiffel Tower is in the city of", "hello world", "one two three four five six seven"]
+
+
+_PAIRS: dict[str, tuple[StandardizedTransformer, torch.nn.Module]] = {}
+
+
+def model_and_reference(model_type: str) -> tuple[StandardizedTransformer, torch.nn.Module]:
+    """The tiny uniterp model and a separately loaded plain HF copy of the same weights."""
+    if model_type not in _PAIRS:
+        from transformers import AutoModelForCausalLM
+
+        path = tiny_model_path(model_type)
+        _PAIRS[model_type] = (load_tiny(model_type), AutoModelForCausalLM.from_pretrained(path).eval())
+    return _PAIRS[model_type]
+
+
+@pytest.fixture
+def hide_uniterp_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``remote="local"`` hide uniterp's source folder too.
+
+    nnsight's local simulation keeps every ``*/src`` path importable, so with an
+    editable install it would pass even if uniterp never registered itself for
+    serialisation by value. Hiding the folder makes the check mean something.
+    """
+    import sys
+    from pathlib import Path
+
+    from nnsight.intervention.backends import local
+
+    import uniterp
+
+    hide = getattr(local.LocalSimulationBackend, "_hide_local_modules", None)
+    if hide is None:
+        pytest.skip("nnsight's local simulation backend changed")
+    source = str(Path(uniterp.__file__).resolve().parent.parent)
+
+    def hide_more(self):
+        hidden = hide(self)
+        for path in list(sys.path):
+            if path == source:
+                hidden["paths"].append(path)
+                sys.path.remove(path)
+        return hidden
+
+    monkeypatch.setattr(local.LocalSimulationBackend, "_hide_local_modules", hide_more)

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import uniterp.activations as activations
 from uniterp import InputError, LayerIndexError, StandardizedTransformer
@@ -16,27 +15,19 @@ from uniterp.activations import (
     get_token_activations,
     load_token_activations,
 )
-from uniterp.testing import tiny_model_path
 
-from conftest import load_tiny
+from conftest import model_and_reference
 from reference import NATIVE
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "llama", "gemma2", "qwen2_moe", "phi"]
 PROMPTS = ["The Eiffel Tower is in the city of", "hello world", "cat", "one two three four"]
 
-_CACHE: dict[str, tuple[StandardizedTransformer, torch.nn.Module]] = {}
-
-
-def _pair(family: str) -> tuple[StandardizedTransformer, torch.nn.Module]:
-    if family not in _CACHE:
-        path = tiny_model_path(family)
-        _CACHE[family] = (load_tiny(family), AutoModelForCausalLM.from_pretrained(path).eval())
-    return _CACHE[family]
-
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def models_pair(request: pytest.FixtureRequest) -> tuple[StandardizedTransformer, torch.nn.Module]:
-    return _pair(request.param)
+def models_pair(
+    request: pytest.FixtureRequest,
+) -> tuple[StandardizedTransformer, torch.nn.Module]:
+    return model_and_reference(request.param)
 
 
 def _hf_layer_outputs(model: StandardizedTransformer, ref: torch.nn.Module, text: str) -> list[torch.Tensor]:
@@ -79,7 +70,7 @@ def test_prompt_alone_equals_batch_row(models_pair) -> None:
 
 
 def test_layers_order_and_negative_indices() -> None:
-    model, _ = _pair("llama")
+    model, _ = model_and_reference("llama")
     every = get_token_activations(model, PROMPTS)
     picked = get_token_activations(model, PROMPTS, layers=[-1, 0, 1])
     torch.testing.assert_close(picked, every[[model.num_layers - 1, 0, 1]])
@@ -110,7 +101,7 @@ def test_early_stop_skips_later_layers(models_pair) -> None:
 
 
 def test_remote_local_equals_local() -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     local = get_token_activations(model, PROMPTS, layers=[0, 2], idx=0)
     remote = get_token_activations(model, PROMPTS, layers=[0, 2], idx=0, remote="local")
     torch.testing.assert_close(local, remote)
@@ -124,7 +115,7 @@ def test_batched_equals_single_call(models_pair) -> None:
 
 
 def test_stream_to_safetensors_and_resume(tmp_path, monkeypatch) -> None:
-    model, _ = _pair("llama")
+    model, _ = model_and_reference("llama")
     prompts = PROMPTS + ["the cat sat on the mat"]
     out = tmp_path / "acts"
     expected = collect_token_activations_batched(model, prompts, 2, layers=[1, 0], tqdm=False)
@@ -174,7 +165,7 @@ def test_stream_to_safetensors_and_resume(tmp_path, monkeypatch) -> None:
 
 
 def test_stream_refuses_mismatching_directory(tmp_path) -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     out = tmp_path / "acts"
     collect_token_activations_batched(
         model, PROMPTS, 2, layers=[0], out_dir=out, tqdm=False, return_activations=False
@@ -196,7 +187,7 @@ def test_stream_refuses_mismatching_directory(tmp_path) -> None:
 
 
 def test_stream_with_remote_local(tmp_path) -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     local = collect_token_activations_batched(model, PROMPTS, 3, layers=[1], tqdm=False)
     remote = collect_token_activations_batched(
         model, PROMPTS, 3, layers=[1], out_dir=tmp_path, tqdm=False, remote="local"
@@ -205,7 +196,7 @@ def test_stream_with_remote_local(tmp_path) -> None:
 
 
 def test_bad_input() -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     with pytest.raises(InputError, match="empty"):
         get_token_activations(model, [])
     with pytest.raises(InputError, match="empty string"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS
-from reference import encode
 
 from uniterp import StandardizedTransformer, UnavailableError
 from uniterp.testing import TINY_FAMILIES, tiny_model_path
+
+from conftest import PROMPTS
+from reference import encode
 
 _EAGER: dict[str, StandardizedTransformer] = {}
 

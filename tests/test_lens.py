@@ -138,36 +138,6 @@ def test_inverse_lens(model: StandardizedTransformer, family: str) -> None:
     torch.testing.assert_close(top.probs, lens.topk(3, dim=-1).values)
 
 
-@pytest.fixture
-def hide_uniterp_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``remote="local"`` hide uniterp's source folder too.
-
-    nnsight's local simulation keeps every ``*/src`` path importable, so with an
-    editable install it would pass even if uniterp never registered itself for
-    serialisation by value. Hiding the folder makes the check mean something.
-    """
-    import sys
-
-    from nnsight.intervention.backends import local
-
-    import uniterp
-
-    hide = getattr(local.LocalSimulationBackend, "_hide_local_modules", None)
-    if hide is None:
-        pytest.skip("nnsight's local simulation backend changed")
-    source = str(__import__("pathlib").Path(uniterp.__file__).resolve().parent.parent)
-
-    def hide_more(self):
-        hidden = hide(self)
-        for path in list(sys.path):
-            if path == source:
-                hidden["paths"].append(path)
-                sys.path.remove(path)
-        return hidden
-
-    monkeypatch.setattr(local.LocalSimulationBackend, "_hide_local_modules", hide_more)
-
-
 @pytest.mark.parametrize("family_name", ["gpt2", "llama"])
 def test_remote_local_matches_local(family_name: str, hide_uniterp_source: None) -> None:
     model = load_tiny(family_name)

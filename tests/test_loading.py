@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS
-from reference import encode
 
 from uniterp import InputError, StandardizedTransformer
 from uniterp.testing import tiny_model_path
+
+from conftest import PROMPTS
+from reference import encode
 
 
 def test_load_by_path_is_lazy_and_validated() -> None:

@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from uniterp import InputError, ShapeError, StandardizedTransformer
 from uniterp.prompts import Prompt, get_first_tokens, results_to_dataframe, run_prompts
-from uniterp.testing import tiny_model_path
 
-from conftest import load_tiny
+from conftest import model_and_reference
 
 FAMILIES = ["gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "llama", "gemma2", "qwen2_moe", "phi"]
 
@@ -24,19 +23,12 @@ TARGETS = [
     "Tokyo",  # category "target" only
 ]
 
-_CACHE: dict[str, tuple[StandardizedTransformer, torch.nn.Module]] = {}
-
-
-def _pair(family: str) -> tuple[StandardizedTransformer, torch.nn.Module]:
-    if family not in _CACHE:
-        path = tiny_model_path(family)
-        _CACHE[family] = (load_tiny(family), AutoModelForCausalLM.from_pretrained(path).eval())
-    return _CACHE[family]
-
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def models_pair(request: pytest.FixtureRequest) -> tuple[StandardizedTransformer, torch.nn.Module]:
-    return _pair(request.param)
+def models_pair(
+    request: pytest.FixtureRequest,
+) -> tuple[StandardizedTransformer, torch.nn.Module]:
+    return model_and_reference(request.param)
 
 
 def _reference_probs(ref: torch.nn.Module, tokenizer, text: str) -> torch.Tensor:
@@ -108,7 +100,7 @@ def test_run_prompts_custom_probs_func(models_pair) -> None:
 
 
 def test_run_prompts_accepts_two_dim_probs_and_checks_shape() -> None:
-    model, ref = _pair("llama")
+    model, ref = model_and_reference("llama")
     prompts = _prompts(model.tokenizer)
     plain = run_prompts(model, prompts, tqdm=False)
     flat = run_prompts(
@@ -124,7 +116,7 @@ def test_run_prompts_accepts_two_dim_probs_and_checks_shape() -> None:
 
 
 def test_run_prompts_remote_local_and_progress() -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     prompts = _prompts(model.tokenizer)
     plain = run_prompts(model, prompts, batch_size=2, tqdm=False)
     updates: list[int] = []
@@ -151,7 +143,7 @@ def test_run_prompts_remote_local_and_progress() -> None:
 def test_run_prompts_with_logit_lens() -> None:
     from uniterp.lens import logit_lens
 
-    model, _ = _pair("llama")
+    model, _ = model_and_reference("llama")
     prompts = _prompts(model.tokenizer)
     plain = run_prompts(model, prompts, tqdm=False)
     layered = run_prompts(model, prompts, batch_size=2, get_probs_func=logit_lens, tqdm=False)
@@ -171,7 +163,7 @@ def test_run_prompts_with_logit_lens() -> None:
 def test_run_prompts_with_patchscope_lens() -> None:
     from uniterp.patchscope import patchscope_lens
 
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     prompts = _prompts(model.tokenizer)
     results = run_prompts(
         model, prompts, get_probs_func=patchscope_lens, func_kwargs={"layers": [0, 2]}, tqdm=False
@@ -184,7 +176,7 @@ def test_run_prompts_with_patchscope_lens() -> None:
 
 def test_results_to_dataframe() -> None:
     pytest.importorskip("pandas")
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     prompts = _prompts(model.tokenizer)
     results = {"a": torch.tensor([[0.1, 0.2], [0.3, 0.4], [float("nan"), 0.5]])}
     df = results_to_dataframe(results, prompts, layers=[3, 7])
@@ -198,7 +190,7 @@ def test_results_to_dataframe() -> None:
 
 
 def test_run_prompts_bad_input() -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     with pytest.raises(InputError, match="empty prompt list"):
         run_prompts(model, [], tqdm=False)
     with pytest.raises(InputError, match="Prompt objects"):

@@ -6,13 +6,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from uniterp import InputError, LayerIndexError, ShapeError, StandardizedTransformer
 from uniterp.steering import generate_with_steering, steering_vector
-from uniterp.testing import tiny_model_path
 
-from conftest import load_tiny
+from conftest import model_and_reference
 from reference import NATIVE
 
 FAMILIES = ["gpt2", "opt", "bloom", "falcon", "llama", "gemma2", "qwen2_moe", "phi"]
@@ -20,19 +18,12 @@ POSITIVE = ["I love this film", "What a wonderful day", "great"]
 NEGATIVE = ["I hate it", "What an awful, terrible day it was"]
 PROMPTS = ["The Eiffel Tower is in the city of", "hello"]
 
-_CACHE: dict[str, tuple[StandardizedTransformer, torch.nn.Module]] = {}
-
-
-def _pair(family: str) -> tuple[StandardizedTransformer, torch.nn.Module]:
-    if family not in _CACHE:
-        path = tiny_model_path(family)
-        _CACHE[family] = (load_tiny(family), AutoModelForCausalLM.from_pretrained(path).eval())
-    return _CACHE[family]
-
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def models_pair(request: pytest.FixtureRequest) -> tuple[StandardizedTransformer, torch.nn.Module]:
-    return _pair(request.param)
+def models_pair(
+    request: pytest.FixtureRequest,
+) -> tuple[StandardizedTransformer, torch.nn.Module]:
+    return model_and_reference(request.param)
 
 
 def _layer_module(model: StandardizedTransformer, ref: torch.nn.Module, layer: int) -> torch.nn.Module:
@@ -126,7 +117,7 @@ def test_steering_equals_hooked_generation(models_pair) -> None:
 
 
 def test_steer_last_position_every_step() -> None:
-    model, ref = _pair("llama")
+    model, ref = model_and_reference("llama")
     torch.manual_seed(1)
     vector = torch.randn(model.hidden_size)
 
@@ -161,7 +152,7 @@ def test_steer_last_position_every_step() -> None:
 
 
 def test_generation_ending_early_on_eos_does_not_warn() -> None:
-    model, ref = _pair("gpt2")
+    model, ref = model_and_reference("gpt2")
     plain = _hf_generate(model, ref, PROMPTS, 6)
     eos = [int(plain[0, -4]), int(plain[1, -4])]  # both rows stop after 3 new tokens
     expected = _hf_generate(model, ref, PROMPTS, 6, eos_token_id=eos)
@@ -173,7 +164,7 @@ def test_generation_ending_early_on_eos_does_not_warn() -> None:
 
 
 def test_remote_local_equals_local() -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     vector = torch.randn(model.hidden_size)
     local = generate_with_steering(model, PROMPTS, [1], vector, factor=2.0, max_new_tokens=3)
     remote = generate_with_steering(model, PROMPTS, [1], vector, factor=2.0, max_new_tokens=3, remote="local")
@@ -184,7 +175,7 @@ def test_remote_local_equals_local() -> None:
 
 
 def test_bad_input() -> None:
-    model, _ = _pair("gpt2")
+    model, _ = model_and_reference("gpt2")
     with pytest.raises(ShapeError, match="hidden_size"):
         generate_with_steering(model, "hi", [0], torch.zeros(model.hidden_size + 1))
     with pytest.raises(ShapeError, match="token_positions"):

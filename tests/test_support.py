@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, load_tiny
 
 from uniterp import StandardizedTransformer, UnavailableError
 from uniterp.testing import TINY_FAMILIES, tiny_model_path
+
+from conftest import PROMPTS, load_tiny
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_tested_families_offer_every_value(family: str) -> None:
     report = load_tiny(family).support()
-    for name in ("layers_input", "layers_output", "attentions_input", "attentions_output", "mlps_input", "mlps_output"):
+    for name in (
+        "layers_input",
+        "layers_output",
+        "attentions_input",
+        "attentions_output",
+        "mlps_input",
+        "mlps_output",
+    ):
         assert report[name].everywhere, f"{family}: {name}"
     assert report["logits"].available and report["token_embeddings"].available
     text = str(report)
