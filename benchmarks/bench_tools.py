@@ -148,6 +148,21 @@ def _patchscope_full_rows(setup: BenchSetup) -> Callable[[], object]:
     return lambda: patchscope_lens(setup.model, setup.prompts, prefix_cache=False)
 
 
+# Throughput >= 0.9 of the plain forward's is a time ratio <= 1 / 0.9.
+@register_section("activation collection, all 12 layers", target=round(1 / 0.9, 3))
+def _activations_all(setup: BenchSetup) -> Callable[[], object]:
+    from uniterp.activations import get_token_activations
+
+    return lambda: get_token_activations(setup.model, setup.prompts)
+
+
+@register_section("activation collection, layers 0-2", target=1.0)
+def _activations_early(setup: BenchSetup) -> Callable[[], object]:
+    from uniterp.activations import get_token_activations
+
+    return lambda: get_token_activations(setup.model, setup.prompts, layers=[0, 1, 2])
+
+
 def run(repeats: int = 15, sections: list[str] | None = None) -> dict[str, float]:
     """Time the baseline and every section; return ``{section name: ratio}`` (and the baseline seconds)."""
     torch.set_num_threads(1)
