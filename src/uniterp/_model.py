@@ -110,7 +110,8 @@ class StandardizedTransformer(TransformersModel):
     values in forward order within one invoke.
 
     Args:
-        model: A Hub id, a local folder, or a loaded ``PreTrainedModel``.
+        model: A Hub id, a local folder, a loaded ``PreTrainedModel``, or
+            ``"uniterp-tiny"`` (the small trained model shipped with the package).
         spec: An `ArchitectureSpec` for an architecture uniterp does not know, or
             to override the registered one.
         tokenizer: A tokenizer; loaded from ``model`` when omitted.
@@ -147,6 +148,10 @@ class StandardizedTransformer(TransformersModel):
                 )
             kwargs["attn_implementation"] = "eager"
             logger.info("uniterp: attention probabilities enabled; the model runs eager attention")
+        if isinstance(model, str):
+            from .tiny import resolve_model_name
+
+            model = resolve_model_name(model)
         config = _load_config(model, kwargs, trust_remote_code)
         model_type = str(getattr(config, "model_type", type(config).__name__))
         discovered = False

@@ -203,7 +203,10 @@ def it_repeat_prompt(
 
     Args:
         tokenizer: The model's tokenizer; it needs a chat template.
-        words, rel, sep, placeholder: As in `repeat_prompt`.
+        words: As in `repeat_prompt`.
+        rel: As in `repeat_prompt`.
+        sep: As in `repeat_prompt`.
+        placeholder: As in `repeat_prompt`.
         complete_prompt: Put the repeat prompt at the start of the answer.
         add_user_instr: The user turn explains the task; otherwise it only
             says "Continue." (or holds the repeat prompt).
