@@ -7,7 +7,7 @@ types runs in its own subprocess with a memory cap and a time limit, so one
 misbehaving model cannot take the run down. Writes ``docs/support-matrix.md`` and
 ``docs/support-matrix.json``.
 
-    python scripts/support_matrix.py                 # every type (about 30 minutes here)
+    python scripts/support_matrix.py                 # every type (about 15 minutes here)
     python scripts/support_matrix.py llama bamba     # some types, printed only
 """
 
@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("types", nargs="*", help="model types (default: all)")
     parser.add_argument("--batch", type=int, default=6, help="types per subprocess")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
+    parser.add_argument("--jobs", type=int, default=2, help="subprocesses at once")
     args = parser.parse_args()
 
     import nnsight
@@ -184,10 +186,12 @@ def main() -> None:
     types = args.types or sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     records: list[dict] = []
     start = time.time()
-    for i in range(0, len(types), args.batch):
-        for rec in run_batch(types[i : i + args.batch], args.timeout):
-            records.append(rec)
-            print(f"{rec['type']:<28} {rec['status']:<14} {rec.get('reason', '')[:150]}", flush=True)
+    batches = [types[i : i + args.batch] for i in range(0, len(types), args.batch)]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for batch_records in pool.map(lambda batch: run_batch(batch, args.timeout), batches):
+            for rec in batch_records:
+                records.append(rec)
+                print(f"{rec['type']:<28} {rec['status']:<14} {rec.get('reason', '')[:150]}", flush=True)
     print(f"{len(records)} types in {time.time() - start:.0f}s")
     if args.types:
         return

@@ -88,6 +88,13 @@ def _tolerance(reference: torch.Tensor) -> float:
     return 8 * eps * max(1.0, scale)
 
 
+def _lens_tolerance(logits: torch.Tensor) -> float:
+    """Lens vs logits: the model may unembed a slice of positions, so matmul shapes (and bits) differ."""
+    scale = max(1.0, float(logits.detach().abs().max()))
+    relative = 2e-4 if logits.dtype == torch.float32 else 64 * torch.finfo(logits.dtype).eps
+    return max(_tolerance(logits) * 16, relative * scale)
+
+
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().float() - b.detach().float()).abs().max())
 
@@ -261,7 +268,8 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
         add(
             CheckItem(
                 "project_on_vocab(layers_output[-1]) == logits",
-                "passed" if d <= _tolerance(logits) * 4 else "failed",
+                # the model may unembed a slice of positions: matmul shapes differ, bits may too
+                "passed" if d <= _lens_tolerance(logits) else "failed",
                 f"max |diff| {d:.3g}",
                 d,
             )

@@ -48,7 +48,7 @@ _BLOCK_PATTERNS: tuple[tuple[frozenset[str], dict[str, Any]], ...] = (
 
 # Config keys of logit post-processing, by the spec field that applies them.
 _LOGIT_KEYS = {
-    "logit_softcap": ("final_logit_softcapping",),
+    "logit_softcap": ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap"),
     "logit_scale": ("logit_scale",),
     "logit_divisor": ("logits_scaling",),
 }
@@ -172,6 +172,23 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
             continue
         if seen_layers and _NORM_CLASS.search(type(child).__name__):
             final_norm = f"{parent_path}.{name}" if parent_path else name
+    if final_norm is None:  # a norm registered before the stack (RoBERTa-PreLayerNorm's encoder.LayerNorm)
+        for name, child in parent.named_children():
+            if (
+                child is not stack
+                and _NORM_CLASS.search(type(child).__name__)
+                and "embed" not in name.lower()
+            ):
+                final_norm = f"{parent_path}.{name}" if parent_path else name
+    # else a norm next to an ancestor of the stack (RoBERTa-PreLayerNorm's model-level LayerNorm)
+    ancestor = parent_path
+    while final_norm is None and ancestor:
+        ancestor = ancestor.rpartition(".")[0]
+        holder = module.get_submodule(ancestor) if ancestor else module
+        for name, child in holder.named_children():
+            path = f"{ancestor}.{name}" if ancestor else name
+            if _NORM_CLASS.search(type(child).__name__) and "embed" not in name.lower() and path != head_path:
+                final_norm = path
 
     fields: dict[str, Any] = {}
     children = {n for block in stack for n, _ in block.named_children()}

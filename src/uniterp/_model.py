@@ -66,22 +66,6 @@ def _load_tokenizer(model: Any, kwargs: dict[str, Any], trust_remote_code: bool)
         ) from error
 
 
-def _meta_module(config: Any, trust_remote_code: bool) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-
-
-def _rename_for(spec: ArchitectureSpec) -> dict[str, str]:
-    rename = {spec.embed_tokens: "embed_tokens"}
-    if spec.final_norm is not None:
-        rename[spec.final_norm] = "ln_final"
-    if spec.lm_head != "lm_head":
-        rename[spec.lm_head] = "lm_head"
-    return rename
-
-
 def _config_size(config: Any, *names: str) -> int | None:
     for name in names:
         value = getattr(config, name, None)
@@ -154,31 +138,37 @@ class StandardizedTransformer(TransformersModel):
             model = resolve_model_name(model)
         config = _load_config(model, kwargs, trust_remote_code)
         model_type = str(getattr(config, "model_type", type(config).__name__))
-        discovered = False
         if spec is None:
             spec = get_spec(model_type)
-        if spec is None:
-            module = model if isinstance(model, torch.nn.Module) else _meta_module(config, trust_remote_code)
-            text = config.get_text_config() if hasattr(config, "get_text_config") else config
-            spec = discover_spec(module, model_type, text)
-            discovered = True
-            logger.info("uniterp: %s has no registered spec; discovered %s", model_type, spec)
         if tokenizer is None:
             tokenizer = _load_tokenizer(model, kwargs, trust_remote_code)
-        rename = {**_rename_for(spec), **(kwargs.pop("rename", None) or {})}
         kwargs.pop("task", None)
         with warnings.catch_warnings():
             # nnsight mounts a submodule named `output` (BERT) as `E_output` and says so;
             # uniterp resolves such paths itself.
             warnings.filterwarnings("ignore", message=r".*has a submodule named", category=UserWarning)
-            self._construct(model, tokenizer, rename, trust_remote_code, kwargs)
+            try:
+                self._construct(model, tokenizer, kwargs.pop("rename", None), trust_remote_code, kwargs)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise ArchitectureError(
+                    model_type,
+                    "model",
+                    [],
+                    f"transformers/nnsight could not build it: {type(error).__name__}: {error}",
+                ) from error
+        discovered = spec is None
+        if spec is None:
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config
+            spec = discover_spec(self._module, model_type, text)
+            logger.info("uniterp: %s has no registered spec; discovered %s", model_type, spec)
+        self._bind_root_modules(spec)
         self._finish_init(model_type, spec, discovered, enable_attention_probs, check_on_load)
 
     def _construct(
         self,
         model: Any,
         tokenizer: Any,
-        rename: dict[str, str],
+        rename: dict[str, str] | None,
         trust_remote_code: bool,
         kwargs: dict[str, Any],
     ) -> None:
@@ -240,10 +230,29 @@ class StandardizedTransformer(TransformersModel):
 
     def _ensure_layout(self) -> Layout:
         if self._layout is None:
-            self._layout = probe_layout(self, self._spec, self._model_type, self.hidden_size)
+            try:
+                hidden: int | None = self.hidden_size
+            except UnavailableError:
+                hidden = None  # shapes are still checked for (batch, seq, *) and consistency
+            self._layout = probe_layout(self, self._spec, self._model_type, hidden)
             logger.debug("uniterp: %s layout probed with %s", self._model_type, self._layout.probed_with)
             self._bind_layer_modules(self._layout)
         return self._layout
+
+    def _bind_root_modules(self, spec: ArchitectureSpec) -> None:
+        """Give the embedding, final norm and unembedding their standard names."""
+        for name, path in (
+            ("embed_tokens", spec.embed_tokens),
+            ("ln_final", spec.final_norm),
+            ("lm_head", spec.lm_head),
+        ):
+            if path is None or path == name or name in self.__dict__ or hasattr(self._module, name):
+                continue
+            module: Any = self._module
+            for part in path.split("."):
+                module = getattr(module, part, None)
+            if isinstance(module, torch.nn.Module):
+                object.__setattr__(self, name, envoy_at(self, path))
 
     def _bind_layer_modules(self, layout: Layout) -> None:
         """Give each block's attention and MLP their standard names (``self_attn``, ``mlp``)."""
