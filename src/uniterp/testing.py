@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._tiny_configs import OVERRIDES as _OVERRIDES
 from ._tiny_configs import SMALL as _SMALL
 
 __all__ = ["TINY_FAMILIES", "build_tiny_tokenizer", "tiny_config", "tiny_model_path"]
@@ -120,17 +119,19 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     Returns:
         A ``transformers.PretrainedConfig`` instance.
     """
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING
     from transformers.utils import logging as hf_logging
 
+    from ._tiny_configs import config_keys, tiny_kwargs
+
+    config_class = CONFIG_MAPPING[model_type]
+    aliases = dict(getattr(config_class, "attribute_map", {}))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        base = AutoConfig.for_model(model_type)
+        known = config_keys(config_class) | set(aliases)
     finally:
         hf_logging.set_verbosity(verbosity)
-    aliases = dict(getattr(base, "attribute_map", {}))
-    known = set(base.to_dict()) | set(aliases)
 
     def canonical(key: str) -> str:
         return aliases.get(key, key)
@@ -143,16 +144,19 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
             f"{model_type} configs have no attribute(s) {unknown}; known size keys include "
             f"{sorted(k for k in known if k in _SMALL)}"
         )
-    kwargs: dict[str, Any] = {}
-    for source in (
-        {k: v for k, v in _SMALL.items() if k in known},
-        _OVERRIDES.get(model_type, {}),
-        overrides,
-    ):
-        for key, value in source.items():
-            kwargs[canonical(key)] = value
+    kwargs = tiny_kwargs(model_type)
+    for key, value in overrides.items():
+        key = canonical(key)
+        if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+            value = {**kwargs[key], **value}  # a nested (sub-)config: merged into the tiny one
+        kwargs[key] = value
     kwargs.update(bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    return AutoConfig.for_model(model_type, **kwargs)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return config_class(**kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _cache_root() -> Path:
