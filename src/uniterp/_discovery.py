@@ -50,7 +50,7 @@ _BLOCK_PATTERNS: tuple[tuple[frozenset[str], dict[str, Any]], ...] = (
 _LOGIT_KEYS = {
     "logit_softcap": ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap"),
     "logit_scale": ("logit_scale",),
-    "logit_divisor": ("logits_scaling",),
+    "logit_divisor": ("logits_scaling", "logits_mup_width_multiplier"),
 }
 
 

@@ -1,0 +1,133 @@
+"""A representative subset of the support matrix, run in CI (the full run is `make coverage`).
+
+For every listed ``model_type`` the tiny model either loads and is exact — every
+``layers_output[i]`` equals HF's own ``output_hidden_states`` and the logits equal
+a plain HF forward — or it is refused at load with uniterp's error and a reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uniterp import ArchitectureError, StandardizedTransformer
+from uniterp.testing import tiny_model_path
+
+from reference import encode
+
+# model_type -> what uniterp must do with it (see docs/support-matrix.md for every type)
+EXACT = [
+    # Llama-style, sandwich norms, MoE blocks, MLA attention
+    "afmoe",
+    "apertus",
+    "arcee",
+    "cohere2",
+    "cwm",
+    "diffllama",
+    "doge",
+    "ernie4_5_moe",
+    "exaone4",
+    "glm4",
+    "helium",
+    "olmo3",
+    "olmoe",
+    "phimoe",
+    "smollm3",
+    "vaultgemma",
+    "minimax_m2",
+    "granitemoe",
+    "jetmoe",
+    "gpt_oss",
+    "persimmon",
+    "deepseek_v3",
+    "llama4_text",
+    # GPT-2 style and parallel blocks
+    "gpt_neo",
+    "openai-gpt",
+    "ctrl",
+    "mpt",
+    "gpt_neox_japanese",
+    # encoder-style models used as decoders; seq2seq decoders
+    "bert",
+    "roberta",
+    "roberta-prelayernorm",
+    "electra",
+    "modernbert-decoder",
+    "bart",
+    "marian",
+    "pegasus",
+    "mbart",
+    "whisper",
+    "xglm",
+    "biogpt",
+    # state-space models and hybrid stacks
+    "mamba",
+    "mamba2",
+    "falcon_mamba",
+    "rwkv",
+    "xlstm",
+    "nemotron_h",
+    "lfm2",
+    "jamba",
+    "bamba",
+    "qwen3_next",
+    "zamba2",
+    "falcon_h1",
+    "granitemoehybrid",
+    "recurrent_gemma",
+    "kimi_linear",
+    # text backbones of vision-language models
+    "gemma3",
+    "fuyu",
+    "got_ocr2",
+]
+
+
+def _reference(
+    model: StandardizedTransformer, prompts: list[str]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    with torch.no_grad():
+        out = model._module(**encode(model, prompts), output_hidden_states=True)
+    return out.logits, out.hidden_states
+
+
+@pytest.mark.parametrize("model_type", EXACT)
+def test_exact(model_type: str) -> None:
+    model = StandardizedTransformer(tiny_model_path(model_type))
+    result = model.check()
+    assert result.passed, str(result)
+    prompts = ["The Eiffel Tower is in the city of", "hello world"]
+    saved: list[torch.Tensor] = []
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), model.trace(prompts):
+        for i in range(model.num_layers):
+            saved.append(model.layers_output[i].save())
+        out["logits"] = model.logits.save()
+    logits, hidden_states = _reference(model, prompts)
+    assert torch.equal(out["logits"], logits)
+    if hidden_states is not None and len(hidden_states) == model.num_layers + 1:
+        # HF records either the input of every layer plus the final state (most
+        # families) or the output of every layer (Mamba): layer i's output is
+        # entry i + 1 or entry i. The last entry is often after the final norm.
+        for i in range(model.num_layers - 1):
+            assert torch.equal(saved[i], hidden_states[i + 1]) or torch.equal(saved[i], hidden_states[i]), (
+                f"{model_type}: layers_output[{i}] is not in HF's hidden_states"
+            )
+    report = model.support()
+    assert report["layers_output"].everywhere and report["logits"].available
+
+
+REFUSED: dict[str, str] = {
+    # the residual stream has several streams (hyper-connections): not (batch, seq, hidden)
+    "deepseek_v4": "no argument of shape",
+    "hy_v4": "no argument of shape",
+    # a decoder layer runs several times in one forward (looped / recurrent-depth models)
+    "hrm_text": "ran 6 times",
+    "dory": "ran 2 times",
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(REFUSED))
+def test_refused_with_a_reason(model_type: str) -> None:
+    with pytest.raises(ArchitectureError, match=REFUSED[model_type]):
+        StandardizedTransformer(tiny_model_path(model_type))
