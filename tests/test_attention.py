@@ -83,3 +83,16 @@ def test_probabilities_out_of_range() -> None:
     with pytest.raises(LayerIndexError, match="valid: -3 to 2"):
         with model.trace(PROMPTS):
             model.attention_probabilities[5].save()
+
+
+def test_attention_sinks_rows_sum_to_at_most_one() -> None:
+    model = StandardizedTransformer(tiny_model_path("gpt_oss"), enable_attention_probs=True)
+    saved: list[torch.Tensor] = []
+    with torch.no_grad(), model.trace(PROMPTS):
+        for i in range(model.num_layers):
+            saved.append(model.attention_probabilities[i].save())
+    with torch.no_grad():
+        reference = model._module(**encode(model, PROMPTS), output_attentions=True).attentions
+    for ours, theirs in zip(saved, reference):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        assert float(ours.sum(-1).max()) <= 1 + 1e-5
