@@ -203,7 +203,9 @@ def main() -> None:
     }
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
-    (docs / "support-matrix.json").write_text(json.dumps({"versions": versions, "records": records}, indent=1))
+    (docs / "support-matrix.json").write_text(
+        json.dumps({"versions": versions, "records": records}, indent=1)
+    )
     write_markdown(records, docs / "support-matrix.md", versions)
 
 

@@ -53,7 +53,7 @@ TINY_FAMILIES: tuple[str, ...] = (
 )
 
 _SPECIAL = "<|endoftext|>"
-_TOKENIZER_VERSION = 1
+_TOKENIZER_VERSION = 2  # bump to rebuild cached tiny models
 _CORPUS = (
     "The Eiffel Tower is in the city of Paris.",
     "The capital of France is Paris. The capital of Japan is Tokyo.",
@@ -217,6 +217,8 @@ def tiny_model_path(
             model = model.to(dtype)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.exists() else None))
         model.save_pretrained(tmp)
+        if model.config is not config:  # a causal LM that keeps only a sub-config (Mllama, Emu3)
+            config.save_pretrained(tmp)
         build_tiny_tokenizer().save_pretrained(tmp)
     finally:
         hf_logging.set_verbosity(verbosity)
