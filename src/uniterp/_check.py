@@ -149,23 +149,41 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
     add = result.items.append
     n = model.num_layers
     with torch.no_grad():
-        # 1. every standardized value equals the native module's value
+        # 1. one forward reading every value in forward order, with plain hooks
+        # capturing the native modules' values in the same forward
+        # (containers are built outside the block: names bound by comprehensions
+        # inside a trace do not survive it)
+        kwargs: dict[str, torch.Tensor] = {}
+        values: dict[str, list[Any]] = {site: [] for site in LAYER_SITES}
+        out: dict[str, Any] = {}
+        paths = [loc.path for layer in layout.layers for loc in layer.values()]
+        capture = _NativeCapture(model._module, paths)
+        try:
+            with model.trace(prompts):
+                for key, value in model.inputs[1].items():
+                    if isinstance(value, torch.Tensor):
+                        kwargs[key] = value.save()
+                for i in range(n):
+                    for site in LAYER_SITES:
+                        if site in layout.layers[i]:
+                            values[site].append(getattr(model, site)[i].save())
+                        else:
+                            values[site].append(None)
+                out["lens"] = model.project_on_vocab(values["layers_output"][-1]).save()
+                out["logits"] = model.logits.save()
+        finally:
+            capture.close()
+        lens, logits = out["lens"], out["logits"]
+
+        # 2. every standardized value equals the native module's value
         for site in LAYER_SITES:
             layers = [i for i in range(n) if site in layout.layers[i]]
             if not layers:
                 add(CheckItem(f"{site} == native", "skipped", "unavailable on every layer"))
                 continue
-            locs = [layout.layers[i][site] for i in layers]
-            capture = _NativeCapture(model._module, [loc.path for loc in locs])
-            saved = []
-            try:
-                with model.trace(prompts):
-                    for i in layers:
-                        saved.append(getattr(model, site)[i].save())
-            finally:
-                capture.close()
             worst = 0.0
-            for loc, value in zip(locs, saved):
+            for i in layers:
+                loc, value = layout.layers[i][site], values[site][i]
                 native = capture.get(loc)
                 if loc.flat:
                     native = native.view(value.shape)
@@ -181,26 +199,6 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
                     worst,
                 )
             )
-
-        # 2. one forward reading everything in forward order
-        # (containers are built outside the block: names bound by comprehensions
-        # inside a trace do not survive it)
-        kwargs: dict[str, torch.Tensor] = {}
-        values: dict[str, list[Any]] = {site: [] for site in LAYER_SITES}
-        out: dict[str, Any] = {}
-        with model.trace(prompts):
-            for key, value in model.inputs[1].items():
-                if isinstance(value, torch.Tensor):
-                    kwargs[key] = value.save()
-            for i in range(n):
-                for site in LAYER_SITES:
-                    if site in layout.layers[i]:
-                        values[site].append(getattr(model, site)[i].save())
-                    else:
-                        values[site].append(None)
-            out["lens"] = model.project_on_vocab(values["layers_output"][-1]).save()
-            out["logits"] = model.logits.save()
-        lens, logits = out["lens"], out["logits"]
 
         # 3. logits equal a plain HF forward with the same inputs
         hf_logits = model._module(**kwargs).logits
