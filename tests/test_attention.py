@@ -20,16 +20,24 @@ def eager(family: str) -> StandardizedTransformer:
     return _EAGER[family]
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_probabilities_equal_hf_output_attentions(family: str) -> None:
-    model = eager(family)
-    assert model.attn_implementation == "eager"
+def _probabilities_and_reference(
+    model: StandardizedTransformer,
+) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Every layer's probabilities read through uniterp, and HF's ``output_attentions``."""
     saved: list[torch.Tensor] = []
     with torch.no_grad(), model.trace(PROMPTS):
         for i in range(model.num_layers):
             saved.append(model.attention_probabilities[i].save())
     with torch.no_grad():
         reference = model._module(**encode(model, PROMPTS), output_attentions=True).attentions
+    return saved, reference
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_probabilities_equal_hf_output_attentions(family: str) -> None:
+    model = eager(family)
+    assert model.attn_implementation == "eager"
+    saved, reference = _probabilities_and_reference(model)
     assert len(reference) == model.num_layers
     batch, seq = encode(model, PROMPTS)["input_ids"].shape
     for i, (ours, theirs) in enumerate(zip(saved, reference)):
@@ -87,12 +95,7 @@ def test_probabilities_out_of_range() -> None:
 
 def test_attention_sinks_rows_sum_to_at_most_one() -> None:
     model = StandardizedTransformer(tiny_model_path("gpt_oss"), enable_attention_probs=True)
-    saved: list[torch.Tensor] = []
-    with torch.no_grad(), model.trace(PROMPTS):
-        for i in range(model.num_layers):
-            saved.append(model.attention_probabilities[i].save())
-    with torch.no_grad():
-        reference = model._module(**encode(model, PROMPTS), output_attentions=True).attentions
+    saved, reference = _probabilities_and_reference(model)
     for ours, theirs in zip(saved, reference):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
         assert float(ours.sum(-1).max()) <= 1 + 1e-5

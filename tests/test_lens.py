@@ -29,15 +29,6 @@ PROMPTS = ["The Eiffel Tower is in the city of", "hello world", "one two three f
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and the suite shares the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -6,20 +6,14 @@ import pytest
 import torch
 
 from uniterp import StandardizedTransformer
+from uniterp._layout import LAYER_SITES
 
 from conftest import PROMPTS, load_tiny
 from reference import NATIVE, encode, first_tensor, hf_forward, hidden_arg
 
 
 def _read_all(model: StandardizedTransformer, prompts: list[str]) -> dict[str, list[torch.Tensor]]:
-    names = [
-        "layers_input",
-        "attentions_input",
-        "attentions_output",
-        "mlps_input",
-        "mlps_output",
-        "layers_output",
-    ]
+    names = LAYER_SITES
     values: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     extra: dict[str, torch.Tensor] = {}
     with torch.no_grad(), model.trace(prompts):
