@@ -71,6 +71,35 @@ def _patched_probs(
     if cached:
         prefix = _run_prefix(model, targets, patch_pos, cache_name)
         cached = prefix["cache"] is not None
+    if cached:
+        try:
+            return _run_rows(
+                model, targets, patch_pos, row_target, patches, site, remote, max_batch_size, prefix
+            )
+        except Exception as error:  # noqa: BLE001 - a cache the model cannot continue from
+            logger.info(
+                "uniterp: %s could not continue from the shared prefix cache (%s: %s); patching full prompts",
+                model.model_type,
+                type(error).__name__,
+                error,
+            )
+    return _run_rows(model, targets, patch_pos, row_target, patches, site, remote, max_batch_size, {})
+
+
+def _run_rows(
+    model: StandardizedTransformer,
+    targets: list[list[int]],
+    patch_pos: list[int],
+    row_target: torch.Tensor,
+    patches: list[_Patch],
+    site: str,
+    remote: bool | str,
+    max_batch_size: int,
+    prefix: dict[str, Any],
+) -> torch.Tensor:
+    """Run the patched rows in chunks, continuing from ``prefix``'s cache when it has one."""
+    cached = bool(prefix)
+    cache_name = _cache_kwarg(model)
     n_rows = row_target.shape[0]
     values = getattr(model, site)
     out: list[torch.Tensor] = []
@@ -127,7 +156,12 @@ def _run_prefix(
             if cache is None:
                 cache = getattr(output, "past_key_values", None)
             cache = cache.save() if cache is not None else None
-    usable = cache is not None and hasattr(cache, "batch_select_indices")
+    usable = (
+        cache is not None
+        and hasattr(cache, "batch_select_indices")
+        # hybrid caches hold layers (linear attention, state space) that cannot select rows
+        and all(hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", ()))
+    )
     if not usable:
         logger.debug("uniterp: %s returned no selectable cache; patching full prompts", model.model_type)
     return {
