@@ -66,6 +66,7 @@ for model_type in sys.argv[1:]:
         rec["block"] = report.block
         rec["discovered"] = model._discovered
         rec["layers"] = model.num_layers
+        rec["streams"] = model._layout.layers[-1]["layers_output"].n_streams
         rec["status"] = "exact" if result.passed else "check failed"
         if not result.passed:
             rec["reason"] = result.summary()
@@ -138,17 +139,24 @@ def write_markdown(records: list[dict], path: Path, versions: dict[str, str]) ->
         "",
         "Columns: ✓ available on every layer, `k/n` on k of n layers (reasons below the table), — unavailable.",
         "",
-        "| model_type | status | layers | attn in | attn out | mlp in | mlp out | attn probs | block |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Column *lens*: `project_on_vocab` (the logit lens) is exact, checked as "
+        "`project_on_vocab(layers_output[-1]) == logits`; where it is not the model's readout it is "
+        "unavailable with the reason below. A block marked *n streams* keeps n residual streams per "
+        "token; its layer values are `(batch, seq, n, hidden)`.",
+        "",
+        "| model_type | status | layers | attn in | attn out | mlp in | mlp out | attn probs | lens | block |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes: list[str] = []
     for r in sorted(records, key=lambda r: r["type"]):
         if r["status"] != "exact":
-            lines.append(f"| {r['type']} | {r['status']} | | | | | | | |")
+            lines.append(f"| {r['type']} | {r['status']} | | | | | | | | |")
             notes.append(f"- **{r['type']}** ({r['status']}): {r.get('reason', '')}")
             continue
         s = r["support"]
         n = r["layers"]
+        lens = s.get("project_on_vocab")
+        streams = f", {r['streams']} streams" if r.get("streams", 1) > 1 else ""
         probs = r.get("attention_probabilities", {})
         p = f"{len(probs.get('layers', []))}/{n}" if probs.get("layers") else "—"
         if len(probs.get("layers", [])) == n:
@@ -156,7 +164,8 @@ def write_markdown(records: list[dict], path: Path, versions: dict[str, str]) ->
         lines.append(
             f"| {r['type']} | exact{' (discovered)' if r.get('discovered') else ''} | {_cell(s['layers_output'], n)} "
             f"| {_cell(s['attentions_input'], n)} | {_cell(s['attentions_output'], n)} "
-            f"| {_cell(s['mlps_input'], n)} | {_cell(s['mlps_output'], n)} | {p} | {r.get('block', '')} |"
+            f"| {_cell(s['mlps_input'], n)} | {_cell(s['mlps_output'], n)} | {p} "
+            f"| {_cell(lens, n) if lens else '✓'} | {r.get('block', '')}{streams} |"
         )
         reasons = {
             reason
@@ -164,6 +173,8 @@ def write_markdown(records: list[dict], path: Path, versions: dict[str, str]) ->
             for reason in s[name]["unavailable"].values()
         }
         reasons |= set(probs.get("reasons", [])) if p != "✓" else set()
+        if lens and lens["reason"]:
+            reasons.add(f"project_on_vocab: {lens['reason']}")
         if reasons:
             notes.append(f"- **{r['type']}**: " + "; ".join(sorted(reasons)))
     lines += ["", "## Reasons", ""] + notes + [""]

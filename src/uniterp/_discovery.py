@@ -53,6 +53,18 @@ _LOGIT_KEYS = {
     "logit_divisor": ("logits_scaling", "logits_mup_width_multiplier"),
 }
 
+#: Config keys giving the number of parallel residual streams per token
+#: (hyper-connections, AltUp).
+_STREAM_KEYS = ("hc_mult", "hc_count", "altup_num_inputs")
+#: Names of the module that merges the streams after the last layer.
+_STREAM_READOUT = re.compile(r"^(hc_head|hyper_connection_mixer|stream_readout)$")
+
+
+def _norm_width(module: torch.nn.Module) -> int | None:
+    """The width a norm's weight expects, or ``None`` when it has no weight."""
+    weight = getattr(module, "weight", None)
+    return int(weight.shape[-1]) if isinstance(weight, torch.Tensor) and weight.dim() >= 1 else None
+
 
 def _path_of(root: torch.nn.Module, target: torch.nn.Module | None) -> str | None:
     if target is None:
@@ -166,11 +178,18 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
     parent = module.get_submodule(parent_path) if parent_path else module
     final_norm = None
     seen_layers = False
+    hidden = getattr(config, "hidden_size", None)
     for name, child in parent.named_children():
         if child is stack:
             seen_layers = True
             continue
-        if seen_layers and _NORM_CLASS.search(type(child).__name__):
+        width = _norm_width(child)
+        # a norm of another width (Gemma 4's per-layer-input projection norm) is not the final norm
+        if (
+            seen_layers
+            and _NORM_CLASS.search(type(child).__name__)
+            and (width is None or not isinstance(hidden, int) or width == hidden)
+        ):
             final_norm = f"{parent_path}.{name}" if parent_path else name
     if final_norm is None:  # a norm registered before the stack (RoBERTa-PreLayerNorm's encoder.LayerNorm)
         for name, child in parent.named_children():
@@ -217,6 +236,18 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         for key in keys:
             if getattr(config, key, None) is not None:
                 fields[field_name] = key
+    for key in _STREAM_KEYS:
+        if isinstance(getattr(config, key, None), int) and getattr(config, key) > 1:
+            fields["residual_streams"] = key
+            fields["stream_readout"] = next(
+                (
+                    f"{parent_path}.{name}" if parent_path else name
+                    for name, _ in parent.named_children()
+                    if _STREAM_READOUT.match(name)
+                ),
+                None,
+            )
+            break
     fields.setdefault("block", "unknown")
     return ArchitectureSpec(
         embed_tokens=embed_path,

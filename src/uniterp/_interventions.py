@@ -41,6 +41,8 @@ def steer_layers(
         rows = _index_tensor(batch_index, hidden.shape[0], hidden.device)
         cols = _index_tensor(token_positions, hidden.shape[1], hidden.device)
         vector = steering_vector.to(dtype=hidden.dtype, device=hidden.device) * factor
+        if hidden.dim() == 4 and vector.dim() == 2:  # (positions, hidden) onto every residual stream
+            vector = vector.unsqueeze(-2)
         steered = hidden.clone()
         steered[rows[:, None], cols[None, :]] += vector
         self.layers_output[layer] = steered

@@ -21,7 +21,7 @@ import torch
 from ._errors import ArchitectureError
 from ._spec import ArchitectureSpec
 
-__all__ = ["LAYER_SITES", "Layout", "Locator", "probe_layout"]
+__all__ = ["LAYER_SITES", "Layout", "Locator", "probe_layout", "to_native", "to_standard"]
 
 logger = logging.getLogger("uniterp")
 
@@ -53,6 +53,11 @@ class Locator:
         clone: The model modifies this tensor in place later in the forward pass
             (Falcon adds the attention output into the MLP output), so a read
             takes a copy to keep the value as the module produced it.
+        streams: How a value holding several residual streams per token is
+            packed natively: ``"split"`` ``(batch, seq, n, hidden)``, ``"packed"``
+            ``(batch, seq, n * hidden)`` or ``"leading"`` ``(n, batch, seq,
+            hidden)``; it is always shown as ``(batch, seq, n, hidden)``.
+        n_streams: Number of residual streams (1 without ``streams``).
     """
 
     path: str
@@ -62,6 +67,26 @@ class Locator:
     tuple_len: int = 0
     tuple_nones: tuple[int, ...] = ()
     clone: bool = False
+    streams: Literal["split", "packed", "leading"] | None = None
+    n_streams: int = 1
+
+
+def to_standard(loc: Locator, value: torch.Tensor) -> torch.Tensor:
+    """The native value at ``loc`` shown as ``(batch, seq, n_streams, hidden)`` (a view)."""
+    if loc.streams == "packed":
+        return value.unflatten(-1, (loc.n_streams, -1))
+    if loc.streams == "leading":
+        return value.permute(1, 2, 0, 3)
+    return value
+
+
+def to_native(loc: Locator, value: torch.Tensor) -> torch.Tensor:
+    """Inverse of `to_standard`: a standard-shaped value in the native packing."""
+    if loc.streams == "packed":
+        return value.flatten(-2)
+    if loc.streams == "leading":
+        return value.permute(2, 0, 1, 3)
+    return value
 
 
 @dataclass
@@ -119,36 +144,65 @@ def _is_tensor(m: Any) -> bool:
     return isinstance(m, tuple) and len(m) == 2 and m[0] == "T"
 
 
-def _hidden_like(m: Any, batch: int, seq: int, hidden: int | None) -> str | None:
-    """``"full"``/``"flat"`` when ``m`` looks like a hidden-state tensor, else ``None``."""
+@dataclass(frozen=True)
+class _Expect:
+    """What a hidden-state tensor looks like in the probe batch."""
+
+    batch: int
+    seq: int
+    hidden: int | None
+    n_streams: int = 1
+
+    def __str__(self) -> str:
+        text = f"(batch, seq, hidden) = ({self.batch}, {self.seq}, {self.hidden})"
+        if self.n_streams > 1:
+            text += f" or with {self.n_streams} residual streams"
+        return text
+
+
+def _hidden_like(m: Any, want: _Expect) -> str | None:
+    """How ``m`` holds hidden states (``"full"``, ``"flat"`` or a stream packing), else ``None``."""
     if not _is_tensor(m):
         return None
-    shape = m[1]
-    if len(shape) == 3 and shape[:2] == (batch, seq) and (hidden is None or shape[2] == hidden):
+    shape, b, s, h, n = m[1], want.batch, want.seq, want.hidden, want.n_streams
+    if len(shape) == 3 and shape[:2] == (b, s) and (h is None or shape[2] == h):
         return "full"
-    if len(shape) == 2 and shape[0] == batch * seq and (hidden is None or shape[1] == hidden):
+    if len(shape) == 2 and shape[0] == b * s and (h is None or shape[1] == h):
         return "flat"
+    if n > 1 and h is not None:
+        if shape == (b, s, n, h):
+            return "split"
+        if shape == (b, s, n * h):
+            return "packed"
+        if shape == (n, b, s, h):
+            return "leading"
     return None
 
 
-def _find_input(seen: _Seen, batch: int, seq: int, hidden: int | None) -> tuple[int | str, bool] | None:
+def _locator(path: str, io: Literal["input", "output"], key: Any, kind: str, want: _Expect) -> Locator:
+    if kind in ("split", "packed", "leading"):
+        return Locator(path, io, key, streams=kind, n_streams=want.n_streams)  # type: ignore[arg-type]
+    return Locator(path, io, key, flat=kind == "flat")
+
+
+def _find_input(seen: _Seen, want: _Expect) -> tuple[int | str, str] | None:
     if seen.args:
-        kind = _hidden_like(seen.args[0], batch, seq, hidden)
+        kind = _hidden_like(seen.args[0], want)
         if kind:
-            return 0, kind == "flat"
+            return 0, kind
 
     if "hidden_states" in seen.kwargs:
-        kind = _hidden_like(seen.kwargs["hidden_states"], batch, seq, hidden)
+        kind = _hidden_like(seen.kwargs["hidden_states"], want)
         if kind:
-            return "hidden_states", kind == "flat"
+            return "hidden_states", kind
     for index, arg in enumerate(seen.args):
-        kind = _hidden_like(arg, batch, seq, hidden)
+        kind = _hidden_like(arg, want)
         if kind:
-            return index, kind == "flat"
+            return index, kind
     for name, arg in seen.kwargs.items():
-        kind = _hidden_like(arg, batch, seq, hidden)
+        kind = _hidden_like(arg, want)
         if kind:
-            return name, kind == "flat"
+            return name, kind
     return None
 
 
@@ -160,17 +214,17 @@ def _describe(m: Any) -> str:
     return str(m)
 
 
-def _output_locator(path: str, seen: _Seen, batch: int, seq: int, hidden: int | None) -> Locator | str:
+def _output_locator(path: str, seen: _Seen, want: _Expect) -> Locator | str:
     out = seen.output
-    kind = _hidden_like(out, batch, seq, hidden)
+    kind = _hidden_like(out, want)
     if kind:
-        return Locator(path, "output", None, flat=kind == "flat")
+        return _locator(path, "output", None, kind, want)
     if isinstance(out, tuple) and out and not _is_tensor(out):
-        kind = _hidden_like(out[0], batch, seq, hidden)
+        kind = _hidden_like(out[0], want)
         if kind:
             nones = tuple(i for i, x in enumerate(out) if x is None)
-            return Locator(path, "output", 0, kind == "flat", len(out), nones)
-    return f"output is {_describe(out)}, expected (batch, seq, hidden) = ({batch}, {seq}, {hidden})"
+            return replace(_locator(path, "output", 0, kind, want), tuple_len=len(out), tuple_nones=nones)
+    return f"output is {_describe(out)}, expected {want}"
 
 
 class _Recorder:
@@ -297,6 +351,10 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
             f"output is {_describe(embed_seen.output)}, expected (batch, seq, dim)",
         )
     batch, seq = embed_seen.output[1][:2]
+    n_streams = 1
+    if spec.residual_streams:
+        n_streams = int(getattr(model.text_config, spec.residual_streams, 1) or 1)
+    want = _Expect(batch, seq, hidden, n_streams)
     layout = Layout(token_embeddings=Locator(spec.embed_tokens, "output", None), probed_with=probed_with)
 
     for index, paths in enumerate(resolved):
@@ -320,21 +378,21 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
                     f"the module ran {seen.calls} times in one forward pass",
                 )
             if io == "input":
-                found = _find_input(seen, batch, seq, hidden)
+                found = _find_input(seen, want)
                 if found is None:
                     raise ArchitectureError(
                         model_type,
                         f"{site}[{index}]",
                         [path],
-                        f"no argument of shape (batch, seq, hidden) = ({batch}, {seq}, {hidden}); "
+                        f"no argument of shape {want}; "
                         f"saw args {_describe(seen.args)} and keywords "
                         f"{ {k: _describe(v) for k, v in seen.kwargs.items()} }",
                     )
-                key, flat = found
+                key, kind = found
                 where = ("arg", key) if isinstance(key, int) else ("kwarg", key)
-                locators[site] = Locator(path, "input", key, flat, clone=seen.mutated(where))
+                locators[site] = replace(_locator(path, "input", key, kind, want), clone=seen.mutated(where))
             else:
-                found_out = _output_locator(path, seen, batch, seq, hidden)
+                found_out = _output_locator(path, seen, want)
                 if isinstance(found_out, str):
                     raise ArchitectureError(model_type, f"{site}[{index}]", [path], found_out)
                 if seen.mutated(("out", found_out.key)):

@@ -11,10 +11,10 @@ import torch
 from nnsight.modeling.transformers import TransformersModel
 
 from ._discovery import discover_spec
-from ._errors import ArchitectureError, InputError, UnavailableError, UniterpError
+from ._errors import ArchitectureError, InputError, ShapeError, UnavailableError, UniterpError
 from ._families import get_spec
 from ._interventions import skip_layer_range, steer_layers
-from ._layout import LAYER_SITES, Layout, probe_layout
+from ._layout import LAYER_SITES, Layout, probe_layout, to_native
 from ._sites import (
     AttentionProbabilities,
     LayerList,
@@ -200,6 +200,12 @@ class StandardizedTransformer(TransformersModel):
         self._enable_attention_probs = enable_attention_probs
         self._attention_probs: list[Any] | None = None
         self._locating = False
+        self._lens_reason: str | None = spec.lens_unavailable
+        if self._lens_reason is None and spec.residual_streams and not spec.stream_readout:
+            self._lens_reason = (
+                f"the model merges its residual streams ({spec.residual_streams}) into the final hidden "
+                "state in code outside any module, so the readout cannot be applied to a layer's output"
+            )
         self._values = {name: LayerValues(self, name) for name in LAYER_SITES}
         self._probs_view = AttentionProbabilities(self)
         stack = self._native(spec.layers)
@@ -285,6 +291,20 @@ class StandardizedTransformer(TransformersModel):
                 [self._spec.layers],
                 f"the automatically discovered layout could not be checked: {type(error).__name__}: {error}",
             ) from error
+        lens_check = "project_on_vocab(layers_output[-1]) == logits"
+        failed = [item.name for item in result.failures]
+        if failed == [lens_check]:
+            # every value and the logits are exact; only the readout of the last
+            # layer differs: the model's readout uses more than that layer's output
+            item = result.failures[0]
+            self._lens_reason = (
+                f"project_on_vocab(layers_output[-1]) differs from the logits ({item.detail}): the model's "
+                "readout uses more than the last layer's output"
+            )
+            logger.warning(
+                "uniterp: %s: project_on_vocab is unavailable: %s", self._model_type, self._lens_reason
+            )
+            return
         if not result.passed:
             raise ArchitectureError(
                 self._model_type,
@@ -533,7 +553,11 @@ class StandardizedTransformer(TransformersModel):
         Returns:
             ``(..., vocab)`` logits.
         """
+        if self._lens_reason is not None:
+            raise UnavailableError(self._model_type, "project_on_vocab", self._lens_reason)
         x = hidden
+        if self._spec.stream_readout:
+            x = self._merge_streams(x)
         norm = self._native(self._spec.final_norm) if self._spec.final_norm else None
         if norm is not None:
             x = norm(x)
@@ -543,6 +567,33 @@ class StandardizedTransformer(TransformersModel):
                 x = extra(x)
         head = self._native(self._spec.lm_head)
         return self._postprocess_logits(head(x))
+
+    def _merge_streams(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(..., n_streams, hidden)`` -> ``(..., hidden)`` through the model's own stream readout."""
+        layout = self._ensure_layout()
+        loc = layout.layers[-1]["layers_output"]
+        if loc.streams is None:
+            return hidden
+        if hidden.dim() < 2 or hidden.shape[-2] != loc.n_streams:
+            raise ShapeError(
+                f"{self._model_type} keeps {loc.n_streams} residual streams: project_on_vocab expects "
+                f"(..., {loc.n_streams}, hidden), got {tuple(hidden.shape)}"
+            )
+        lead = hidden.shape[:-2]
+        rows = to_native(loc, hidden.reshape(-1, 1, loc.n_streams, hidden.shape[-1]))
+        merged = self._native(self._spec.stream_readout)(rows)
+        return merged.reshape(*lead, merged.shape[-1])
+
+    @property
+    def lens_unavailable(self) -> str | None:
+        """Why `project_on_vocab` is unavailable on this model, or ``None`` when it is exact.
+
+        Example::
+
+            >>> model.lens_unavailable is None
+            True
+        """
+        return self._lens_reason
 
     def _postprocess_logits(self, logits: torch.Tensor) -> torch.Tensor:
         config = self.text_config

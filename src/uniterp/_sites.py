@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._errors import LayerIndexError, OutsideTraceError, UnavailableError
-from ._layout import Locator
+from ._layout import Locator, to_native, to_standard
 
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
@@ -70,7 +70,10 @@ def _unflatten(model: StandardizedTransformer, value: torch.Tensor) -> torch.Ten
 
 
 def read_value(model: StandardizedTransformer, loc: Locator) -> torch.Tensor:
-    """Read the value at ``loc`` in the running trace, shaped ``(batch, seq, hidden)``."""
+    """Read the value at ``loc`` in the running trace, shaped ``(batch, seq, hidden)``.
+
+    Values of models with several residual streams are ``(batch, seq, n_streams, hidden)``.
+    """
     envoy = _envoy(model, loc.path)
     if loc.io == "output":
         value = envoy.output
@@ -83,12 +86,13 @@ def read_value(model: StandardizedTransformer, loc: Locator) -> torch.Tensor:
         value = _unflatten(model, value)
     if loc.clone:
         value = value.clone()
-    return value
+    return to_standard(loc, value)
 
 
 def write_value(model: StandardizedTransformer, loc: Locator, value: torch.Tensor) -> None:
     """Replace the value at ``loc`` in the running trace by ``value``."""
     envoy = _envoy(model, loc.path)
+    value = to_native(loc, value)
     if loc.flat:
         value = value.reshape(-1, value.shape[-1])
     if loc.io == "output":

@@ -124,6 +124,16 @@ class ArchitectureSpec:
         logit_scale: Config key of a factor multiplied into the logits (Cohere).
         logit_divisor: Config key of a divisor applied to the logits (Granite).
         logit_softcap: Config key of a final-logit soft-cap (Gemma 2/3).
+        residual_streams: Config key of the number of parallel residual streams
+            per token (hyper-connections: DeepSeek-V4 ``hc_mult``; AltUp: Gemma 3n
+            ``altup_num_inputs``). Layer values are then ``(batch, seq, n_streams,
+            hidden)`` whatever the native packing.
+        stream_readout: Module that merges the streams of the last layer into
+            one hidden state before ``final_norm`` (DeepSeek-V4 ``model.hc_head``);
+            ``None`` with ``residual_streams`` means the model merges them in code
+            outside any module, so ``project_on_vocab`` is unavailable.
+        lens_unavailable: Why ``project_on_vocab`` is not the model's readout
+            (e.g. the readout also attends over earlier layers' states).
         config_keys: Overrides of the config attribute read for a size
             (``{"num_kv_heads": "multi_query"}`` ...); see `StandardizedTransformer`.
         notes: Free text shown in reports.
@@ -149,6 +159,9 @@ class ArchitectureSpec:
     logit_scale: str | None = None
     logit_divisor: str | None = None
     logit_softcap: str | None = None
+    residual_streams: str | None = None
+    stream_readout: str | None = None
+    lens_unavailable: str | None = None
     config_keys: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 

@@ -152,6 +152,7 @@ def support_report(model: StandardizedTransformer) -> SupportReport:
         )
     for name in _GLOBAL_VALUES[1:]:
         values.append(ValueSupport(name, per_layer=False))
+    values.append(ValueSupport("project_on_vocab", per_layer=False, reason=model.lens_unavailable or ""))
     return SupportReport(model.model_type, n, str(model.spec.block_layout(model.text_config)), values)
 
 
