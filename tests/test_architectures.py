@@ -80,6 +80,7 @@ EXACT = [
     "gemma3",
     "fuyu",
     "got_ocr2",
+    "git",
 ]
 
 

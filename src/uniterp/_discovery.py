@@ -68,7 +68,26 @@ def _homogeneous(stack: torch.nn.ModuleList) -> bool:
     return len(kinds) <= 3  # hybrid stacks mix a few block classes
 
 
-def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int]) -> str:
+def _other_towers(module: torch.nn.Module, config: Any) -> tuple[str, ...]:
+    """Paths of nested sub-models configured for something other than the text model.
+
+    A vision-language model nests its image encoder as a ``PreTrainedModel`` with its
+    own config (GIT's ``image_encoder``); its blocks never run on a text-only input.
+    """
+    from transformers import PreTrainedModel
+
+    text_kinds = {type(c) for c in (getattr(module, "config", None), config) if c is not None}
+    return tuple(
+        f"{name}."
+        for name, child in module.named_modules()
+        if name
+        and isinstance(child, PreTrainedModel)
+        and getattr(child, "config", None) is not None
+        and type(child.config) not in text_kinds
+    )
+
+
+def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int], config: Any = None) -> str:
     stacks = [
         (name, child)
         for name, child in module.named_modules()
@@ -76,6 +95,10 @@ def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int]) -> 
     ]
     if not stacks:
         raise ArchitectureError(model_type, "layers", [], "the model holds no ModuleList of blocks")
+    towers = _other_towers(module, config)
+    text_stacks = [s for s in stacks if not s[0].startswith(towers)]
+    if text_stacks:  # prefer the text model's stacks; the probe refuses one that never runs
+        stacks = text_stacks
 
     def weight(item: tuple[str, torch.nn.Module]) -> int:
         return sum(p.numel() for p in item[1].parameters())
@@ -131,7 +154,7 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         for key in ("num_hidden_layers", "decoder_layers", "n_layer", "num_layers")
         if isinstance(value := getattr(config, key, None), int)
     ]
-    layers_path = _pick_stack(module, model_type, counts)
+    layers_path = _pick_stack(module, model_type, counts, config)
     stack = module.get_submodule(layers_path)
 
     get_in = getattr(module, "get_input_embeddings", None)
