@@ -110,6 +110,32 @@ def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int], con
     return max(stacks, key=weight)[0]
 
 
+def _refuse_split_layers(module: torch.nn.Module, model_type: str, layers_path: str, count: int) -> None:
+    """Refuse a model whose layers are split across parallel ModuleLists (XLM).
+
+    When the picked stack holds neither attention nor an MLP and its parent holds
+    other ModuleLists of the same length, the stack is one part of each layer
+    (``attentions[i]``, ``layer_norm1[i]``, ``ffns[i]``, ``layer_norm2[i]``): no
+    module spans a whole layer, so the residual stream between layers is no
+    module's input or output.
+    """
+    parent_path = layers_path.rpartition(".")[0]
+    parent = module.get_submodule(parent_path) if parent_path else module
+    parts = [
+        f"{parent_path}.{name}" if parent_path else name
+        for name, child in parent.named_children()
+        if isinstance(child, torch.nn.ModuleList) and len(child) == count
+    ]
+    if len(parts) > 1:
+        raise ArchitectureError(
+            model_type,
+            "layers",
+            parts,
+            "each layer is split across parallel ModuleLists with no module holding a whole layer, "
+            "so the residual stream between layers is no module's input or output",
+        )
+
+
 def _child(
     block: torch.nn.Module, names: tuple[str, ...], pattern: re.Pattern[str], accept: Any
 ) -> tuple[str, ...]:
@@ -235,6 +261,8 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
             unavailable["self_attn"] = f"no block holds softmax attention (blocks hold {held})"
         if not mlp:
             unavailable["mlp"] = f"no block holds an MLP module (blocks hold {held})"
+        if not attention and not mlp:
+            _refuse_split_layers(module, model_type, layers_path, len(stack))
         fields = dict(attention=tuple(attention) or None, mlp=tuple(mlp) or None, unavailable=unavailable)
     for field_name, keys in _LOGIT_KEYS.items():
         for key in keys:
