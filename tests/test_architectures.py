@@ -81,6 +81,7 @@ EXACT = [
     "gemma3",
     "fuyu",
     "got_ocr2",
+    "git",
 ]
 
 
@@ -124,6 +125,14 @@ REFUSED: dict[str, str] = {
     # a decoder layer runs several times in one forward (looped / recurrent-depth models)
     "hrm_text": "ran 6 times",
     "dory": "ran 2 times",
+    # each layer is split across parallel ModuleLists (attentions, layer_norm1, ffns, layer_norm2)
+    "xlm": "split across parallel ModuleLists",
+    # the global transformer runs on patches (one more position than tokens)
+    "blt": r"no argument of shape \(batch, seq, hidden\) = \(2, 13",
+    # the layers also see the prompt positions CPM-Ant prepends (4 + 13), the logits do not
+    "cpmant": r"could not be checked: .*\(17\) must match the size of tensor b \(13\)",
+    # hidden states are (seq, batch, hidden): the lens of the last layer does not line up with the logits
+    "xlnet": r"could not be checked: .*\(2\) must match the size of tensor b \(13\)",
 }
 
 

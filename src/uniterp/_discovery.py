@@ -80,7 +80,26 @@ def _homogeneous(stack: torch.nn.ModuleList) -> bool:
     return len(kinds) <= 3  # hybrid stacks mix a few block classes
 
 
-def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int]) -> str:
+def _other_towers(module: torch.nn.Module, config: Any) -> tuple[str, ...]:
+    """Paths of nested sub-models configured for something other than the text model.
+
+    A vision-language model nests its image encoder as a ``PreTrainedModel`` with its
+    own config (GIT's ``image_encoder``); its blocks never run on a text-only input.
+    """
+    from transformers import PreTrainedModel
+
+    text_kinds = {type(c) for c in (getattr(module, "config", None), config) if c is not None}
+    return tuple(
+        f"{name}."
+        for name, child in module.named_modules()
+        if name
+        and isinstance(child, PreTrainedModel)
+        and getattr(child, "config", None) is not None
+        and type(child.config) not in text_kinds
+    )
+
+
+def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int], config: Any = None) -> str:
     stacks = [
         (name, child)
         for name, child in module.named_modules()
@@ -88,6 +107,10 @@ def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int]) -> 
     ]
     if not stacks:
         raise ArchitectureError(model_type, "layers", [], "the model holds no ModuleList of blocks")
+    towers = _other_towers(module, config)
+    text_stacks = [s for s in stacks if not s[0].startswith(towers)]
+    if text_stacks:  # prefer the text model's stacks; the probe refuses one that never runs
+        stacks = text_stacks
 
     def weight(item: tuple[str, torch.nn.Module]) -> int:
         return sum(p.numel() for p in item[1].parameters())
@@ -97,6 +120,32 @@ def _pick_stack(module: torch.nn.Module, model_type: str, counts: list[int]) -> 
         if matching:
             return max(matching, key=weight)[0]
     return max(stacks, key=weight)[0]
+
+
+def _refuse_split_layers(module: torch.nn.Module, model_type: str, layers_path: str, count: int) -> None:
+    """Refuse a model whose layers are split across parallel ModuleLists (XLM).
+
+    When the picked stack holds neither attention nor an MLP and its parent holds
+    other ModuleLists of the same length, the stack is one part of each layer
+    (``attentions[i]``, ``layer_norm1[i]``, ``ffns[i]``, ``layer_norm2[i]``): no
+    module spans a whole layer, so the residual stream between layers is no
+    module's input or output.
+    """
+    parent_path = layers_path.rpartition(".")[0]
+    parent = module.get_submodule(parent_path) if parent_path else module
+    parts = [
+        f"{parent_path}.{name}" if parent_path else name
+        for name, child in parent.named_children()
+        if isinstance(child, torch.nn.ModuleList) and len(child) == count
+    ]
+    if len(parts) > 1:
+        raise ArchitectureError(
+            model_type,
+            "layers",
+            parts,
+            "each layer is split across parallel ModuleLists with no module holding a whole layer, "
+            "so the residual stream between layers is no module's input or output",
+        )
 
 
 def _child(
@@ -143,7 +192,7 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         for key in ("num_hidden_layers", "decoder_layers", "n_layer", "num_layers")
         if isinstance(value := getattr(config, key, None), int)
     ]
-    layers_path = _pick_stack(module, model_type, counts)
+    layers_path = _pick_stack(module, model_type, counts, config)
     stack = module.get_submodule(layers_path)
 
     get_in = getattr(module, "get_input_embeddings", None)
@@ -231,6 +280,8 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
             unavailable["self_attn"] = f"no block holds softmax attention (blocks hold {held})"
         if not mlp:
             unavailable["mlp"] = f"no block holds an MLP module (blocks hold {held})"
+        if not attention and not mlp:
+            _refuse_split_layers(module, model_type, layers_path, len(stack))
         fields = dict(attention=tuple(attention) or None, mlp=tuple(mlp) or None, unavailable=unavailable)
     for field_name, keys in _LOGIT_KEYS.items():
         for key in keys:
