@@ -61,6 +61,7 @@ EXACT = [
     "whisper",
     "xglm",
     "biogpt",
+    "xlnet",
     # state-space models and hybrid stacks
     "mamba",
     "mamba2",
@@ -132,7 +133,6 @@ REFUSED: dict[str, str] = {
     # the layers also see the prompt positions CPM-Ant prepends (4 + 13), the logits do not
     "cpmant": r"could not be checked: .*\(17\) must match the size of tensor b \(13\)",
     # hidden states are (seq, batch, hidden): the lens of the last layer does not line up with the logits
-    "xlnet": r"could not be checked: .*\(2\) must match the size of tensor b \(13\)",
 }
 
 
@@ -140,3 +140,41 @@ REFUSED: dict[str, str] = {
 def test_refused_with_a_reason(model_type: str) -> None:
     with pytest.raises(ArchitectureError, match=REFUSED[model_type]):
         StandardizedTransformer(tiny_model_path(model_type))
+
+
+def test_seq_first_model_shows_batch_first_values_and_writes_reach_the_model() -> None:
+    """XLNet keeps (seq, batch, hidden) natively; values are (batch, seq, hidden) views of it."""
+    from typing import Any
+
+    from conftest import PROMPTS, model_and_reference
+    from reference import first_tensor, hooks
+
+    model, hf = model_and_reference("xlnet")
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(_m: Any, _a: Any, _k: Any, out: Any) -> None:
+        seen["layer1"] = first_tensor(out).detach().clone()
+
+    def zero_last_position(_m: Any, _a: Any, _k: Any, out: Any) -> Any:
+        hidden = first_tensor(out).clone()
+        hidden[-1] = 0.0  # native layout: (seq, batch, hidden)
+        return (hidden, *out[1:])
+
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), model.trace(PROMPTS):
+        out["embeddings"] = model.token_embeddings.save()
+        out["layer1"] = model.layers_output[1].save()
+    with torch.no_grad(), model.trace(PROMPTS):
+        h = model.layers_output[0].clone()
+        h[:, -1] = 0.0
+        model.layers_output[0] = h
+        out["zeroed"] = model.logits.save()
+    with torch.no_grad(), hooks(hf, {"transformer.layer.1": grab}):
+        hf(**encode(model, PROMPTS))
+    with torch.no_grad(), hooks(hf, {"transformer.layer.0": zero_last_position}):
+        zeroed = hf(**encode(model, PROMPTS)).logits
+    batch, seq = len(PROMPTS), out["layer1"].shape[1]
+    assert out["layer1"].shape == (batch, seq, model.hidden_size)
+    assert out["embeddings"].shape == (batch, seq, model.hidden_size)
+    assert torch.equal(out["layer1"], seen["layer1"].transpose(0, 1))
+    torch.testing.assert_close(out["zeroed"], zeroed)

@@ -99,6 +99,19 @@ _SPECS: dict[str, ArchitectureSpec] = {
     "phi": LLAMA_LIKE.with_(final_norm="model.final_layernorm", block="parallel"),
     "cohere": LLAMA_LIKE.with_(block="parallel", logit_scale="logit_scale"),
     "granite": LLAMA_LIKE.with_(residual_multiplier="residual_multiplier", logit_divisor="logits_scaling"),
+    "xlnet": ArchitectureSpec(
+        embed_tokens="transformer.word_embedding",
+        layers="transformer.layer",
+        final_norm=None,
+        lm_head="lm_loss",
+        attention="rel_attn",
+        mlp="ff",
+        block="post_norm",
+        notes="Hidden states are (seq, batch, hidden) natively and shown as (batch, seq, hidden). "
+        "rel_attn and ff add the residual and normalise inside, so attentions_output and mlps_output "
+        "are post-norm residual states. The values are the content stream; in generation HF's XLNet "
+        "predicts from the query stream (element 1 of each layer's output), which has no standard name.",
+    ),
 }
 
 

@@ -58,6 +58,8 @@ class Locator:
             ``(batch, seq, n * hidden)`` or ``"leading"`` ``(n, batch, seq,
             hidden)``; it is always shown as ``(batch, seq, n, hidden)``.
         n_streams: Number of residual streams (1 without ``streams``).
+        seq_first: The model keeps hidden states as ``(seq, batch, hidden)``
+            (XLNet); they are shown as ``(batch, seq, hidden)``.
     """
 
     path: str
@@ -69,10 +71,13 @@ class Locator:
     clone: bool = False
     streams: Literal["split", "packed", "leading"] | None = None
     n_streams: int = 1
+    seq_first: bool = False
 
 
 def to_standard(loc: Locator, value: torch.Tensor) -> torch.Tensor:
-    """The native value at ``loc`` shown as ``(batch, seq, n_streams, hidden)`` (a view)."""
+    """The native value at ``loc`` shown as ``(batch, seq, hidden)`` or ``(batch, seq, n_streams, hidden)`` (a view)."""
+    if loc.seq_first:
+        return value.transpose(0, 1)
     if loc.streams == "packed":
         return value.unflatten(-1, (loc.n_streams, -1))
     if loc.streams == "leading":
@@ -82,6 +87,8 @@ def to_standard(loc: Locator, value: torch.Tensor) -> torch.Tensor:
 
 def to_native(loc: Locator, value: torch.Tensor) -> torch.Tensor:
     """Inverse of `to_standard`: a standard-shaped value in the native packing."""
+    if loc.seq_first:
+        return value.transpose(0, 1)
     if loc.streams == "packed":
         return value.flatten(-2)
     if loc.streams == "leading":
@@ -152,9 +159,12 @@ class _Expect:
     seq: int
     hidden: int | None
     n_streams: int = 1
+    seq_first: bool = False
 
     def __str__(self) -> str:
         text = f"(batch, seq, hidden) = ({self.batch}, {self.seq}, {self.hidden})"
+        if self.seq_first:
+            text = f"(seq, batch, hidden) = ({self.seq}, {self.batch}, {self.hidden})"
         if self.n_streams > 1:
             text += f" or with {self.n_streams} residual streams"
         return text
@@ -165,6 +175,10 @@ def _hidden_like(m: Any, want: _Expect) -> str | None:
     if not _is_tensor(m):
         return None
     shape, b, s, h, n = m[1], want.batch, want.seq, want.hidden, want.n_streams
+    if want.seq_first:
+        return (
+            "seq_first" if len(shape) == 3 and shape[:2] == (s, b) and (h is None or shape[2] == h) else None
+        )
     if len(shape) == 3 and shape[:2] == (b, s) and (h is None or shape[2] == h):
         return "full"
     if len(shape) == 2 and shape[0] == b * s and (h is None or shape[1] == h):
@@ -180,6 +194,8 @@ def _hidden_like(m: Any, want: _Expect) -> str | None:
 
 
 def _locator(path: str, io: Literal["input", "output"], key: Any, kind: str, want: _Expect) -> Locator:
+    if kind == "seq_first":
+        return Locator(path, io, key, seq_first=True)
     if kind in ("split", "packed", "leading"):
         return Locator(path, io, key, streams=kind, n_streams=want.n_streams)  # type: ignore[arg-type]
     return Locator(path, io, key, flat=kind == "flat")
@@ -351,11 +367,18 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
             f"output is {_describe(embed_seen.output)}, expected (batch, seq, dim)",
         )
     batch, seq = embed_seen.output[1][:2]
+    # a model that transposes the batch before embedding keeps (seq, batch, hidden) throughout (XLNet)
+    seq_first = (seq, batch) == _probe_batch_shape(model) and batch != seq
+    if seq_first:
+        batch, seq = seq, batch
     n_streams = 1
     if spec.residual_streams:
         n_streams = int(getattr(model.text_config, spec.residual_streams, 1) or 1)
-    want = _Expect(batch, seq, hidden, n_streams)
-    layout = Layout(token_embeddings=Locator(spec.embed_tokens, "output", None), probed_with=probed_with)
+    want = _Expect(batch, seq, hidden, n_streams, seq_first)
+    layout = Layout(
+        token_embeddings=Locator(spec.embed_tokens, "output", None, seq_first=seq_first),
+        probed_with=probed_with,
+    )
 
     for index, paths in enumerate(resolved):
         base = f"{spec.layers}.{index}"
@@ -406,6 +429,11 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
         layout.unavailable.append(dict(paths.reasons))
         layout.modules.append(dict(paths.modules))
     return layout
+
+
+def _probe_batch_shape(model: Any) -> tuple[int, int]:
+    """``(batch, seq)`` of the probe prompts as the tokenizer pads them."""
+    return tuple(model.tokenizer(_PROBE_PROMPTS, return_tensors="pt", padding=True)["input_ids"].shape)
 
 
 @contextmanager
