@@ -4,47 +4,76 @@ nnsight's ``.source`` names every operation of a module's ``forward`` (and of th
 functions it calls). Labels are not stable across nnsight versions, so nothing
 here hard-codes one: we look for the softmax in the attention forward, or in the
 attention function it calls, and take the probabilities as the model uses them
-(after the dropout that follows the softmax, when there is one). The location is
-then validated numerically before it is trusted.
+(after the dropout that follows the softmax, when there is one). Of several
+candidates the first that actually runs is taken (a softmax can sit in a branch
+taken only for float16 weights). The location is then validated numerically
+before it is trusted.
+
+Attention written in the older bmm style keeps the probabilities flattened as
+``(batch * heads, q, k)``; they are read as a ``(batch, heads, q, k)`` view and
+written back flattened, once HF's ``output_attentions`` confirms the split.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from ._errors import UnavailableError
-from ._sites import envoy_at
+from ._errors import ShapeError, UnavailableError
+from ._sites import envoy_at, refresh_envoys
 
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
 
-__all__ = ["discover_probability_ops", "read_probabilities", "write_probabilities"]
+__all__ = ["Located", "discover_probability_ops", "locate_all", "read_probabilities", "write_probabilities"]
 
 logger = logging.getLogger("uniterp")
 
 _SOFTMAX = re.compile(r"(^|_)softmax_\d+$")
 _DROPOUT = re.compile(r"dropout_\d+$")
 _CAST = re.compile(r"^(to|type_as|float|half|bfloat16)_\d+$")
+_APPLY = re.compile(r"(^|_)(matmul|bmm|baddbmm|einsum)_\d+$")
+_WINDOW = 10
 _DRILL = re.compile(r"attention|attn|sdpa|eager", re.IGNORECASE)
 _PROMPT = "The Eiffel Tower is in"
 
 
-def _probability_op(names: tuple[str, ...]) -> str | None:
-    """The op whose output is the probabilities, in one flat list of op names."""
+def _probability_ops(names: tuple[str, ...]) -> list[str]:
+    """Candidate ops whose output is the probabilities, best first, in source order.
+
+    Per softmax: the dropout after it, else the cast back to the model's dtype,
+    else the softmax itself. Some of these may never run: an ``if dropout is not
+    None``, or a float16-only branch (XGLM softmaxes in float32 and casts back
+    only for float16 weights). Which one runs is settled by running the model
+    (`_first_that_runs`).
+    """
+    ops: list[str] = []
     for i, name in enumerate(names):
-        if _SOFTMAX.search(name):
-            for later in names[i + 1 : i + 6]:
-                if _DROPOUT.search(later):
-                    return later
-            # a softmax in float32 cast back to the model's dtype: the cast is what is used
-            if i + 1 < len(names) and _CAST.match(names[i + 1]):
-                return names[i + 1]
-            return name
-    return None
+        if not _SOFTMAX.search(name):
+            continue
+        for op in (*_dropout_after(names, i), *_cast_after(names, i), name):
+            if op not in ops:
+                ops.append(op)
+    return ops
+
+
+def _dropout_after(names: tuple[str, ...], i: int) -> tuple[str, ...]:
+    # the dropout before the probabilities meet the values; op names include
+    # assignment targets, so it can sit several names after the softmax
+    for later in names[i + 1 : i + 1 + _WINDOW]:
+        if _APPLY.search(later):
+            break
+        if _DROPOUT.search(later):
+            return (later,)
+    return ()
+
+
+def _cast_after(names: tuple[str, ...], i: int) -> tuple[str, ...]:
+    # a softmax in float32 cast back to the model's dtype: the cast is what is used
+    return (names[i + 1],) if i + 1 < len(names) and _CAST.match(names[i + 1]) else ()
 
 
 def _resolve(envoy: Any, path: tuple[str, ...]) -> Any:
@@ -87,20 +116,27 @@ def discover_probability_ops(
     reason = "no softmax found in the attention forward or the attention function it calls"
     for path in candidates:
         found = _search_module(model, envoy_at(block, path))
-        if isinstance(found, tuple):
-            return found if path == attention else (f"@{path[len(attention) + 1 :]}", *found)
-        reason = found
+        if isinstance(found, str):
+            reason = found
+            continue
+        prefix = () if path == attention else (f"@{path[len(attention) + 1 :]}",)
+        ops = [(*prefix, *op) for op in found]
+        chosen = _first_that_runs(model, layer, attention, ops)
+        if chosen is not None:
+            return chosen
+        reason = f"none of the ops found ({', '.join('.'.join(op) for op in ops)}) runs in a forward pass"
     return reason
 
 
-def _search_module(model: StandardizedTransformer, envoy: Any) -> tuple[str, ...] | str:
+def _search_module(model: StandardizedTransformer, envoy: Any) -> list[tuple[str, ...]] | str:
+    """Candidate op paths in ``envoy``'s forward (or a function it calls), best first."""
     try:
         names = envoy.source.names
     except Exception as error:  # noqa: BLE001 - no Python source to inspect
         return f"the attention forward has no inspectable source ({error})"
-    direct = _probability_op(names)
-    if direct is not None:
-        return (direct,)
+    direct = _probability_ops(names)
+    if direct:
+        return [(op,) for op in direct]
     for candidate in names:
         if not _DRILL.search(candidate):
             continue
@@ -111,25 +147,109 @@ def _search_module(model: StandardizedTransformer, envoy: Any) -> tuple[str, ...
                 found["names"] = inner
         except Exception:  # noqa: BLE001 - an assignment, a builtin: try the next candidate
             continue
-        op = _probability_op(found.get("names", ()))
-        if op is not None:
-            return (candidate, op)
+        ops = _probability_ops(found.get("names", ()))
+        if ops:
+            return [(candidate, op) for op in ops]
     return "no softmax found in the attention forward or the attention function it calls"
 
 
+def _first_that_runs(
+    model: StandardizedTransformer, layer: int, attention: str, ops: list[tuple[str, ...]]
+) -> tuple[str, ...] | None:
+    """The first of ``ops`` that runs in a forward pass of ``layer``.
+
+    An op in a branch that is not taken never produces a value; nnsight reports a
+    request for it as an ``OutOfOrderError`` once the forward has gone past it.
+    With a single candidate the validation that follows settles it.
+    """
+    if len(ops) == 1:
+        return ops[0]
+    envoy = envoy_at(model.layers[layer], attention)
+    for op in ops:
+        try:
+            with torch.no_grad(), model.trace(_PROMPT):
+                _resolve(envoy, op).output.save()
+        except Exception:  # noqa: BLE001 - never ran (OutOfOrderError) or cannot be read
+            continue
+        return op
+    return None
+
+
+class Located(NamedTuple):
+    """Where a layer's probabilities are produced.
+
+    Attributes:
+        ops: Op path from the attention forward to the op whose output they are.
+        attention: Path of the attention module relative to the block.
+        heads: Set when the model computes them flattened as ``(batch * heads, q, k)``
+            (bmm-style attention); they are shown as ``(batch, heads, q, k)``.
+    """
+
+    ops: tuple[str, ...]
+    attention: str
+    heads: int | None = None
+
+
 def read_probabilities(model: StandardizedTransformer, layer: int) -> torch.Tensor:
-    """The attention probabilities of ``layer`` in the running trace: ``(batch, heads, q, k)``."""
-    path, attention = _located(model, layer)
-    return _resolve(envoy_at(model.layers[layer], attention), path).output
+    """The attention probabilities of ``layer`` in the running trace: ``(batch, heads, q, k)``.
+
+    Flattened ``(batch * heads, q, k)`` weights are returned as a view of the
+    native tensor, so in-place edits reach the model as they do for 4-D weights.
+    """
+    entry = _located(model, layer)
+    native = _resolve(envoy_at(model.layers[layer], entry.attention), entry.ops).output
+    if entry.heads is None:
+        return native
+    rows = _invoke_rows(native, entry.heads)
+    if rows is not None:
+        native = native.narrow(0, rows[0], rows[1] - rows[0])
+    return native.view(-1, entry.heads, *native.shape[1:])
 
 
 def write_probabilities(model: StandardizedTransformer, layer: int, value: torch.Tensor) -> None:
-    """Replace the attention probabilities of ``layer`` in the running trace."""
-    path, attention = _located(model, layer)
-    _resolve(envoy_at(model.layers[layer], attention), path).output = value
+    """Replace the attention probabilities of ``layer`` in the running trace.
+
+    ``value`` is ``(batch, heads, q, k)``; flattened weights are written back as
+    the native ``(batch * heads, q, k)``.
+    """
+    entry = _located(model, layer)
+    site = _resolve(envoy_at(model.layers[layer], entry.attention), entry.ops)
+    if entry.heads is not None:
+        if value.ndim != 4 or value.shape[1] != entry.heads:
+            raise ShapeError(
+                f"attention_probabilities[{layer}] takes (batch, {entry.heads}, q, k); got {tuple(value.shape)}"
+            )
+        value = value.reshape(-1, *value.shape[2:])
+        native = site.output
+        rows = _invoke_rows(native, entry.heads)
+        if rows is not None:  # this invoke's rows only; the tensor is shared by all invokes
+            merged = native.clone()
+            merged[rows[0] : rows[1]] = value
+            value = merged
+    site.output = value
 
 
-def _located(model: StandardizedTransformer, layer: int) -> tuple[tuple[str, ...], str]:
+def _invoke_rows(native: torch.Tensor, heads: int) -> tuple[int, int] | None:
+    """This invoke's rows of a flattened ``(batch * heads, q, k)`` tensor, when several share it.
+
+    nnsight gives each of several invokes its rows of tensors whose leading
+    dimension is the batch; a ``batch * heads`` one reaches every invoke whole.
+    """
+    from greenlet import getcurrent
+
+    ref = getattr(getcurrent(), "mediator", None)
+    mediator = ref() if ref is not None else None
+    group = getattr(mediator, "batch_group", None)
+    batcher = getattr(getattr(mediator, "interleaver", None), "batcher", None)
+    if group is None or batcher is None or not batcher.batching:
+        return None
+    if heads == 1 or native.shape[0] != batcher.total * heads:
+        return None  # nnsight narrowed it already (one head) or it is not batched
+    start, size = group
+    return start * heads, (start + size) * heads
+
+
+def _located(model: StandardizedTransformer, layer: int) -> Located:
     probs = model._attention_probs
     if probs is None:
         raise UnavailableError(
@@ -144,7 +264,7 @@ def _located(model: StandardizedTransformer, layer: int) -> tuple[tuple[str, ...
     return entry
 
 
-def locate_all(model: StandardizedTransformer) -> list[tuple[tuple[str, ...], str] | str]:
+def locate_all(model: StandardizedTransformer) -> list[Located | str]:
     """Find and validate the probabilities on every layer; a reason where unavailable.
 
     Example::
@@ -153,8 +273,13 @@ def locate_all(model: StandardizedTransformer) -> list[tuple[tuple[str, ...], st
     """
     layout = model._ensure_layout()
     model.dispatch()
+    # a model may replace modules in its first forward (BigBird swaps block-sparse
+    # for full attention on short inputs): run one, then re-point stale envoys
+    with torch.no_grad(), model.trace(_PROMPT):
+        pass
+    refresh_envoys(model)
     by_class: dict[type, tuple[str, ...] | str] = {}
-    entries: list[tuple[tuple[str, ...], str] | str] = []
+    entries: list[Located | str] = []
     for index, modules in enumerate(layout.modules):
         attention = modules.get("self_attn")
         if attention is None:
@@ -164,19 +289,25 @@ def locate_all(model: StandardizedTransformer) -> list[tuple[tuple[str, ...], st
         if kind not in by_class:
             by_class[kind] = discover_probability_ops(model, index, attention)
         found = by_class[kind]
-        entries.append(found if isinstance(found, str) else (found, attention))
+        entries.append(found if isinstance(found, str) else Located(found, attention))
     model._attention_probs = entries
-    failure = _validate(model, entries)
+    try:
+        failure = _validate(model, entries)
+    except Exception as error:  # noqa: BLE001 - any failure to read or write them means unverified
+        failure = f"reading them failed: {type(error).__name__}: {error}"
     if failure is not None:
         model._attention_probs = [
-            e if isinstance(e, str) else f"located at {'.'.join(e[0])} but not verified: {failure}"
+            e if isinstance(e, str) else f"located at {'.'.join(e.ops)} but not verified: {failure}"
             for e in entries
         ]
     return model._attention_probs
 
 
 def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
-    """Shape, normalisation, agreement with HF ``output_attentions``, and that writes matter."""
+    """Shape, normalisation, agreement with HF ``output_attentions``, and that writes matter.
+
+    Records in ``entries`` the head count of layers whose weights are flattened.
+    """
     layers = [i for i, e in enumerate(entries) if not isinstance(e, str)]
     if not layers:
         return None
@@ -193,24 +324,17 @@ def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
                 saved.append(read_probabilities(model, i).save())
             out["logits"] = model.logits.save()
         batch, seq = kwargs["input_ids"].shape
-        for i, probs in zip(layers, saved):
-            if probs.ndim != 4 or probs.shape[0] != batch or probs.shape[-1] < seq or probs.shape[-2] != seq:
-                return f"layer {i}: shape {tuple(probs.shape)}, expected (batch, heads, {seq}, {seq})"
-            sums = probs.float().sum(-1)
-            tol = 1e-3 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-5
-            # rows sum to 1, or to at most 1 with attention sinks (the sink takes the rest)
-            if (sums > 1 + tol).any() or float(sums.max()) < 0.5:
-                return f"layer {i}: rows sum to {float(sums.min()):.4f}..{float(sums.max()):.4f}, expected 1"
         try:
             hf = model._module(**kwargs, output_attentions=True).attentions
         except Exception:  # noqa: BLE001 - some models do not return attentions
             hf = None
-        if hf is not None and len(hf) == model.num_layers:
-            for i, probs in zip(layers, saved):
-                if hf[i] is not None and hf[i].shape == probs.shape and not torch.equal(hf[i], probs):
-                    d = float((hf[i].float() - probs.float()).abs().max())
-                    if d > 1e-5:
-                        return f"layer {i}: differs from HF output_attentions by {d:.3g}"
+        if hf is None or len(hf) != model.num_layers:
+            hf = [None] * model.num_layers
+        for i, native in zip(layers, saved):
+            heads, failure = _check_layer(i, native, batch, seq, hf[i])
+            if failure is not None:
+                return failure
+            entries[i] = entries[i]._replace(heads=heads)
         first = layers[0]
         with model.trace(prompts):
             probs = read_probabilities(model, first)
@@ -219,3 +343,32 @@ def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
         if torch.equal(out["changed"], out["logits"]):
             return f"layer {first}: writing the probabilities did not change the logits"
     return None
+
+
+def _check_layer(
+    i: int, native: torch.Tensor, batch: int, seq: int, reference: torch.Tensor | None
+) -> tuple[int | None, str | None]:
+    """One layer's probabilities as read natively: the head count if flattened, and a failure."""
+    heads = None
+    probs = native
+    if native.ndim == 3 and native.shape[0] % batch == 0:  # (batch * heads, q, k), bmm style
+        heads = native.shape[0] // batch
+        probs = native.view(batch, heads, *native.shape[1:])
+    if probs.ndim != 4 or probs.shape[0] != batch or probs.shape[-1] < seq or probs.shape[-2] != seq:
+        return None, f"layer {i}: shape {tuple(native.shape)}, expected (batch, heads, {seq}, {seq})"
+    sums = probs.float().sum(-1)
+    tol = 1e-3 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-5
+    # rows sum to 1, or to at most 1 with attention sinks (the sink takes the rest)
+    if (sums > 1 + tol).any() or float(sums.max()) < 0.5:
+        return None, f"layer {i}: rows sum to {float(sums.min()):.4f}..{float(sums.max()):.4f}, expected 1"
+    if reference is None or reference.shape != probs.shape:
+        if heads is not None:  # the split of the leading dimension must be confirmed by HF's
+            return None, (
+                f"layer {i}: weights are flattened {tuple(native.shape)} and HF output_attentions "
+                "gives nothing of shape (batch, heads, q, k) to confirm how to split them"
+            )
+    elif not torch.equal(reference, probs):
+        d = float((reference.float() - probs.float()).abs().max())
+        if d > 1e-5:
+            return None, f"layer {i}: differs from HF output_attentions by {d:.3g}"
+    return heads, None

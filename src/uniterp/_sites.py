@@ -18,7 +18,7 @@ from ._layout import Locator, to_native, to_standard
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
 
-__all__ = ["LayerList", "LayerValues", "read_value", "write_value"]
+__all__ = ["LayerList", "LayerValues", "read_value", "refresh_envoys", "write_value"]
 
 
 def envoy_at(root: Any, path: str) -> Any:
@@ -37,6 +37,31 @@ def envoy_at(root: Any, path: str) -> Any:
             part = f"{Envoy.OVERLOAD_PREFIX}{part}"
         obj = getattr(obj, part)
     return obj
+
+
+def refresh_envoys(root: Any) -> list[str]:
+    """Re-point envoys whose module the model has since replaced; their paths.
+
+    nnsight wraps the modules present at load. A model that swaps a submodule
+    for a new one in its forward (BigBird replaces its block-sparse attention by
+    full attention on short inputs) leaves the envoy on the old module, whose
+    values never arrive. The envoy object is kept, so paths cached elsewhere stay
+    valid.
+
+    Example::
+
+        >>> refresh_envoys(model)
+        ['model.bert.encoder.layer.0.attention.self', ...]
+    """
+    refreshed: list[str] = []
+    for name, child in list(getattr(root, "_child_map", {}).items()):
+        current = root._module._modules.get(name)
+        if current is not None and current is not child._module:
+            child._update(current)
+            refreshed.append(child.path)
+        else:
+            refreshed += refresh_envoys(child)
+    return refreshed
 
 
 def _envoy(model: StandardizedTransformer, path: str) -> Any:
