@@ -77,3 +77,16 @@ def test_docs_python_examples_run(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_readme_states_the_counts_of_the_committed_support_matrix() -> None:
+    import json
+
+    records = json.loads((ROOT / "docs" / "support-matrix.json").read_text(encoding="utf-8"))["records"]
+    buildable = [r for r in records if r["status"] != "not buildable"]
+    exact = [r for r in buildable if r["status"] == "exact"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"**{len(exact)} of the {len(buildable)} buildable types are exact" in readme
+    assert f"the other {len(buildable) - len(exact)} are refused" in readme
+    matrix = (ROOT / "docs" / "support-matrix.md").read_text(encoding="utf-8")
+    assert f"**{len(exact)} of {len(buildable)} buildable types are exact" in matrix
