@@ -99,7 +99,6 @@ def _run_rows(
 ) -> torch.Tensor:
     """Run the patched rows in chunks, continuing from ``prefix``'s cache when it has one."""
     cached = bool(prefix)
-    cache_name = _cache_kwarg(model)
     n_rows = row_target.shape[0]
     values = getattr(model, site)
     out: list[torch.Tensor] = []
@@ -113,7 +112,7 @@ def _run_rows(
                 encoding, cols = _suffix_encoding(model, targets, prefix, chunk_targets)
                 cache = copy.deepcopy(prefix["cache"])
                 cache.batch_select_indices(chunk_targets)  # a CPU index works on any device
-                kwargs[cache_name] = cache
+                kwargs[prefix["cache_name"]] = cache
             else:
                 rows_ids = [targets[int(t)] for t in chunk_targets]
                 encoding = pad_left(model, rows_ids)
@@ -166,6 +165,7 @@ def _run_prefix(
         logger.debug("uniterp: %s returned no selectable cache; patching full prompts", model.model_type)
     return {
         "cache": cache if usable else None,
+        "cache_name": cache_name,
         "mask": encoding["attention_mask"],
         "lengths": torch.tensor([len(p) for p in prefixes]),
         "positions": "position_ids" in inspect.signature(model._module.forward).parameters,
