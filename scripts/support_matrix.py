@@ -36,6 +36,9 @@ hf_logging.disable_progress_bar()
 from uniterp import StandardizedTransformer, UniterpError
 from uniterp.testing import tiny_model_path
 
+def emit(rec):
+    print("@@" + json.dumps(rec), flush=True)
+
 def short(e):
     return f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
 
@@ -46,17 +49,17 @@ for model_type in sys.argv[1:]:
         path = tiny_model_path(model_type)
     except Exception as e:
         rec.update(status="not buildable", reason=short(e))
-        print("@@" + json.dumps(rec), flush=True)
+        emit(rec)
         continue
     try:
         model = StandardizedTransformer(path)
     except UniterpError as e:
         rec.update(status="refused", reason=short(e))
-        print("@@" + json.dumps(rec), flush=True)
+        emit(rec)
         continue
     except Exception as e:
         rec.update(status="error", reason=short(e), trace=traceback.format_exc()[-800:])
-        print("@@" + json.dumps(rec), flush=True)
+        emit(rec)
         continue
     try:
         result = model.check()
@@ -72,7 +75,7 @@ for model_type in sys.argv[1:]:
             rec["reason"] = result.summary()
     except Exception as e:
         rec.update(status="error", reason=short(e), trace=traceback.format_exc()[-800:])
-        print("@@" + json.dumps(rec), flush=True)
+        emit(rec)
         continue
     try:
         with_probs = StandardizedTransformer(path, enable_attention_probs=True)
@@ -83,7 +86,7 @@ for model_type in sys.argv[1:]:
     except Exception as e:
         rec["attention_probabilities"] = {"layers": [], "reasons": [short(e)]}
     rec["seconds"] = round(time.time() - start, 1)
-    print("@@" + json.dumps(rec), flush=True)
+    emit(rec)
 """
 
 
