@@ -101,6 +101,33 @@ def test_identity_patch_leaves_probabilities_unchanged(model: StandardizedTransf
         torch.testing.assert_close(probs[0], clean.expand(model.num_layers, -1), **TOL)
 
 
+# caches of every kind: hybrids (linear attention, state space), several residual streams,
+# sliding windows, compressed attention (DeepSeek-V4 cannot continue from a shared prefix)
+CACHE_KINDS = [
+    "qwen3_next",
+    "jamba",
+    "mamba",
+    "gemma3n_text",
+    "deepseek_v4",
+    "falcon_h1",
+    "lfm2",
+    "mistral",
+    "gemma3",
+    "zamba2",
+    "bamba",
+    "qwen4_exp",
+]
+
+
+@pytest.mark.parametrize("model_type", CACHE_KINDS)
+def test_shared_prefix_cache_equals_full_prompts(model_type: str) -> None:
+    model = load_tiny(model_type)
+    cached = patchscope_lens(model, SOURCES, prefix_cache=True)
+    full = patchscope_lens(model, SOURCES, prefix_cache=False)
+    assert cached.shape == (len(SOURCES), model.num_layers, model.vocab_size)
+    torch.testing.assert_close(cached, full, **TOL)
+
+
 def test_rows_equal_a_per_layer_reference_loop(model: StandardizedTransformer, family: str) -> None:
     target = repeat_prompt(["cat", "1135", "hello"], rel=" -> ")
     reference = torch.empty(len(SOURCES), model.num_layers, model.vocab_size)
