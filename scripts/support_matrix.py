@@ -5,7 +5,9 @@ For each type: build a tiny random model (``uniterp.testing``), load it with
 ``support()``, and load it again with ``enable_attention_probs=True``. Each batch of
 types runs in its own subprocess with a memory cap and a time limit, so one
 misbehaving model cannot take the run down. Writes ``docs/support-matrix.md`` and
-``docs/support-matrix.json``.
+``docs/support-matrix.json``, and ``src/uniterp/_discovered.py``: the row automatic
+discovery finds for every type the hand table lacks (review it like the hand table;
+a change there shows in ``git diff``).
 
     python scripts/support_matrix.py                 # every type (about 15 minutes here)
     python scripts/support_matrix.py llama bamba     # some types, printed only
@@ -34,7 +36,11 @@ from transformers.utils import logging as hf_logging
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 from uniterp import StandardizedTransformer, UniterpError
+from uniterp._discovered import DISCOVERED
 from uniterp.testing import tiny_model_path
+
+# every type the hand table lacks is discovered afresh, so the rows written back are current
+DISCOVERED.clear()
 
 def emit(rec):
     print("@@" + json.dumps(rec), flush=True)
@@ -67,9 +73,12 @@ for model_type in sys.argv[1:]:
         rec["checks"] = [[i.name, i.status, i.detail] for i in result.items]
         rec["support"] = report.to_dict()["values"]
         rec["block"] = report.block
-        rec["discovered"] = model._discovered
+        rec["discovered"] = model.binding.source in ("discovered", "generated")
+        rec["source"] = model.binding.source
+        if model.binding.source == "discovered" and result.passed:
+            rec["row"] = model.binding.spec.to_source()
         rec["layers"] = model.num_layers
-        rec["streams"] = model._layout.layers[-1]["layers_output"].n_streams
+        rec["streams"] = model.binding.layout.layers[-1]["layers_output"].n_streams
         rec["status"] = "exact" if result.passed else "check failed"
         if not result.passed:
             rec["reason"] = result.summary()
@@ -79,7 +88,7 @@ for model_type in sys.argv[1:]:
         continue
     try:
         with_probs = StandardizedTransformer(path, enable_attention_probs=True)
-        entries = with_probs._attention_probs
+        entries = with_probs.binding.attention
         ok = [i for i, e in enumerate(entries) if not isinstance(e, str)]
         reasons = sorted({e for e in entries if isinstance(e, str)})
         rec["attention_probabilities"] = {"layers": ok, "reasons": reasons}
@@ -221,6 +230,21 @@ def main() -> None:
         json.dumps({"versions": versions, "records": records}, indent=1)
     )
     write_markdown(records, docs / "support-matrix.md", versions)
+    write_generated_rows(records, ROOT / "src" / "uniterp" / "_discovered.py", versions)
+
+
+def write_generated_rows(records: list[dict], path: Path, versions: dict[str, str]) -> None:
+    """``uniterp._discovered``: the discovered row of every type the hand table lacks and that builds."""
+    rows = sorted((r["type"], r["row"]) for r in records if r.get("row"))
+    head = path.read_text().split("DISCOVERED: dict[str, ArchitectureSpec] = {")[0]
+    body = "".join(f"    {t!r}: {row},\n" for t, row in rows)
+    path.write_text(
+        head
+        + "DISCOVERED: dict[str, ArchitectureSpec] = {\n"
+        + f"    # {len(rows)} rows, transformers {versions['transformers']}\n"
+        + body
+        + "}\n"
+    )
 
 
 if __name__ == "__main__":

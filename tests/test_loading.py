@@ -15,7 +15,7 @@ from reference import encode
 def test_load_by_path_is_lazy_and_validated() -> None:
     model = StandardizedTransformer(tiny_model_path("llama"))
     assert not model.dispatched  # the probe ran on fake tensors: no weights loaded
-    assert model._layout is not None and model._layout.probed_with == "scan"
+    assert model._binding is not None and model.binding.layout.probed_with == "scan"
     with torch.no_grad(), model.trace(PROMPTS):
         model.layers_output[0].save()
     assert model.dispatched
@@ -23,10 +23,10 @@ def test_load_by_path_is_lazy_and_validated() -> None:
 
 def test_check_on_load_can_be_turned_off() -> None:
     model = StandardizedTransformer(tiny_model_path("gpt2"), check_on_load=False)
-    assert model._layout is None
+    assert model._binding is None
     with torch.no_grad(), model.trace(PROMPTS):
         out = model.layers_output[-1].save()
-    assert model._layout is not None and out.shape[-1] == 64
+    assert model._binding is not None and out.shape[-1] == 64
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "falcon", "opt", "qwen3_moe", "bloom"])

@@ -8,22 +8,33 @@ Example::
     ...     h = model.layers_output[5].save()
 """
 
+from ._binding import Binding as Binding
 from ._check import CheckItem as CheckItem
 from ._check import CheckResult as CheckResult
 from ._errors import ArchitectureError as ArchitectureError
 from ._errors import CheckFailedError as CheckFailedError
+from ._errors import InPlaceEditError as InPlaceEditError
 from ._errors import InputError as InputError
 from ._errors import LayerIndexError as LayerIndexError
+from ._errors import OrderError as OrderError
 from ._errors import OutsideTraceError as OutsideTraceError
 from ._errors import ShapeError as ShapeError
 from ._errors import UnavailableError as UnavailableError
 from ._errors import UniterpError as UniterpError
 from ._families import get_spec as get_spec
+from ._families import lookup_spec as lookup_spec
 from ._families import register_spec as register_spec
 from ._families import registered_model_types as registered_model_types
+from ._layout import Layout as Layout
+from ._layout import Locator as Locator
 from ._model import StandardizedTransformer as StandardizedTransformer
+from ._sites import AttentionProbabilities as AttentionProbabilities
+from ._sites import LayerList as LayerList
+from ._sites import LayerValues as LayerValues
+from ._sizes import Sizes as Sizes
 from ._spec import ArchitectureSpec as ArchitectureSpec
 from ._spec import BlockLayout as BlockLayout
+from ._spec import ConfigSwitch as ConfigSwitch
 from ._support import SupportReport as SupportReport
 from ._support import ValueSupport as ValueSupport
 from .activations import collect_token_activations_batched as collect_token_activations_batched
@@ -53,20 +64,30 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchitectureError",
     "ArchitectureSpec",
+    "AttentionProbabilities",
+    "Binding",
     "BlockLayout",
     "CheckFailedError",
     "CheckItem",
     "CheckResult",
+    "ConfigSwitch",
     "collect_token_activations_batched",
     "generate_with_steering",
     "get_first_tokens",
     "get_spec",
     "get_token_activations",
+    "InPlaceEditError",
     "InputError",
     "it_repeat_prompt",
     "LayerIndexError",
+    "LayerList",
+    "LayerValues",
+    "Layout",
     "load_token_activations",
+    "Locator",
     "logit_lens",
+    "lookup_spec",
+    "OrderError",
     "OutsideTraceError",
     "patch_object_attn_lens",
     "patchscope_generate",
@@ -81,6 +102,7 @@ __all__ = [
     "results_to_dataframe",
     "run_prompts",
     "ShapeError",
+    "Sizes",
     "StandardizedTransformer",
     "steering_vector",
     "SupportReport",

@@ -17,28 +17,30 @@ written back flattened, once HF's ``output_attentions`` confirms the split.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from ._errors import ShapeError, UnavailableError
-from ._sites import envoy_at, refresh_envoys
+from ._nnsight_compat import (
+    envoy_at,
+    invoke_rows,
+    native_module,
+    op_base,
+    refresh_envoys,
+    source_names,
+    source_op,
+)
+from ._rules import APPLY_OP, CAST_OP, DRILL, DROPOUT_OP, DROPOUT_WINDOW, PROBE_PROMPT, SOFTMAX_OP
+from ._tolerances import probability_tolerance
 
 if TYPE_CHECKING:
+    from ._binding import Binding
     from ._model import StandardizedTransformer
 
 __all__ = ["Located", "discover_probability_ops", "locate_all", "read_probabilities", "write_probabilities"]
 
 logger = logging.getLogger("uniterp")
-
-_SOFTMAX = re.compile(r"(^|_)softmax_\d+$")
-_DROPOUT = re.compile(r"dropout_\d+$")
-_CAST = re.compile(r"^(to|type_as|float|half|bfloat16)_\d+$")
-_APPLY = re.compile(r"(^|_)(matmul|bmm|baddbmm|einsum)_\d+$")
-_WINDOW = 10
-_DRILL = re.compile(r"attention|attn|sdpa|eager", re.IGNORECASE)
-_PROMPT = "The Eiffel Tower is in"
 
 
 def _probability_ops(names: tuple[str, ...]) -> list[str]:
@@ -52,7 +54,7 @@ def _probability_ops(names: tuple[str, ...]) -> list[str]:
     """
     ops: list[str] = []
     for i, name in enumerate(names):
-        if not _SOFTMAX.search(name):
+        if not SOFTMAX_OP.search(op_base(name)):
             continue
         for op in (*_dropout_after(names, i), *_cast_after(names, i), name):
             if op not in ops:
@@ -63,27 +65,24 @@ def _probability_ops(names: tuple[str, ...]) -> list[str]:
 def _dropout_after(names: tuple[str, ...], i: int) -> tuple[str, ...]:
     # the dropout before the probabilities meet the values; op names include
     # assignment targets, so it can sit several names after the softmax
-    for later in names[i + 1 : i + 1 + _WINDOW]:
-        if _APPLY.search(later):
+    for later in names[i + 1 : i + 1 + DROPOUT_WINDOW]:
+        if APPLY_OP.search(op_base(later)):
             break
-        if _DROPOUT.search(later):
+        if DROPOUT_OP.search(op_base(later)):
             return (later,)
     return ()
 
 
 def _cast_after(names: tuple[str, ...], i: int) -> tuple[str, ...]:
     # a softmax in float32 cast back to the model's dtype: the cast is what is used
-    return (names[i + 1],) if i + 1 < len(names) and _CAST.match(names[i + 1]) else ()
+    return (names[i + 1],) if i + 1 < len(names) and CAST_OP.match(op_base(names[i + 1])) else ()
 
 
 def _resolve(envoy: Any, path: tuple[str, ...]) -> Any:
     if path[0].startswith("@"):  # a submodule of the attention module
         envoy = envoy_at(envoy, path[0][1:])
         path = path[1:]
-    source = envoy.source
-    for name in path[:-1]:
-        source = getattr(source, name).source
-    return getattr(source, path[-1])
+    return source_op(envoy, path)
 
 
 def discover_probability_ops(
@@ -106,12 +105,12 @@ def discover_probability_ops(
         is the probabilities, or a reason string when none was found.
     """
     block = model.layers[layer]
-    module = envoy_at(block, attention)._module
+    module = native_module(envoy_at(block, attention))
     # the attention module itself, then attention-like submodules (BERT's attention.self)
     candidates = [attention] + [
         f"{attention}.{name}"
         for name, sub in module.named_modules()
-        if name and _DRILL.search(type(sub).__name__) and not isinstance(sub, torch.nn.ModuleList)
+        if name and DRILL.search(type(sub).__name__) and not isinstance(sub, torch.nn.ModuleList)
     ]
     reason = "no softmax found in the attention forward or the attention function it calls"
     for path in candidates:
@@ -131,19 +130,19 @@ def discover_probability_ops(
 def _search_module(model: StandardizedTransformer, envoy: Any) -> list[tuple[str, ...]] | str:
     """Candidate op paths in ``envoy``'s forward (or a function it calls), best first."""
     try:
-        names = envoy.source.names
+        names = source_names(envoy)
     except Exception as error:  # noqa: BLE001 - no Python source to inspect
         return f"the attention forward has no inspectable source ({error})"
     direct = _probability_ops(names)
     if direct:
         return [(op,) for op in direct]
     for candidate in names:
-        if not _DRILL.search(candidate):
+        if not DRILL.search(candidate):
             continue
         found: dict[str, tuple[str, ...]] = {}
         try:
-            with torch.no_grad(), model.trace(_PROMPT):
-                inner = getattr(envoy.source, candidate).source.names
+            with torch.no_grad(), model.trace(PROBE_PROMPT):
+                inner = source_names(source_op(envoy, (candidate,)))
                 found["names"] = inner
         except Exception:  # noqa: BLE001 - an assignment, a builtin: try the next candidate
             continue
@@ -167,7 +166,7 @@ def _first_that_runs(
     envoy = envoy_at(model.layers[layer], attention)
     for op in ops:
         try:
-            with torch.no_grad(), model.trace(_PROMPT):
+            with torch.no_grad(), model.trace(PROBE_PROMPT):
                 _resolve(envoy, op).output.save()
         except Exception:  # noqa: BLE001 - never ran (OutOfOrderError) or cannot be read
             continue
@@ -196,14 +195,7 @@ def read_probabilities(model: StandardizedTransformer, layer: int) -> torch.Tens
     Flattened ``(batch * heads, q, k)`` weights are returned as a view of the
     native tensor, so in-place edits reach the model as they do for 4-D weights.
     """
-    entry = _located(model, layer)
-    native = _resolve(envoy_at(model.layers[layer], entry.attention), entry.ops).output
-    if entry.heads is None:
-        return native
-    rows = _invoke_rows(native, entry.heads)
-    if rows is not None:
-        native = native.narrow(0, rows[0], rows[1] - rows[0])
-    return native.view(-1, entry.heads, *native.shape[1:])
+    return _read(model, layer, _located(model, layer))
 
 
 def write_probabilities(model: StandardizedTransformer, layer: int, value: torch.Tensor) -> None:
@@ -212,16 +204,33 @@ def write_probabilities(model: StandardizedTransformer, layer: int, value: torch
     ``value`` is ``(batch, heads, q, k)``; flattened weights are written back as
     the native ``(batch * heads, q, k)``.
     """
-    entry = _located(model, layer)
+    _write(model, layer, _located(model, layer), value)
+
+
+def _read(model: StandardizedTransformer, layer: int, entry: Located) -> torch.Tensor:
+    native = _resolve(envoy_at(model.layers[layer], entry.attention), entry.ops).output
+    if entry.heads is None:
+        return native
+    rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
+    if rows is not None:
+        native = native.narrow(0, rows[0], rows[1] - rows[0])
+    return native.view(-1, entry.heads, *native.shape[1:])
+
+
+def _write(model: StandardizedTransformer, layer: int, entry: Located, value: torch.Tensor) -> None:
     site = _resolve(envoy_at(model.layers[layer], entry.attention), entry.ops)
+    current = _read(model, layer, entry)
+    if not isinstance(value, torch.Tensor) or value.shape != current.shape:
+        given = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ShapeError(
+            f"attention_probabilities[{layer}] of {model.model_type} takes a tensor of shape "
+            f"{tuple(current.shape)} (batch, heads, q, k); got {given}"
+        )
+    value = value.to(dtype=current.dtype, device=current.device)
     if entry.heads is not None:
-        if value.ndim != 4 or value.shape[1] != entry.heads:
-            raise ShapeError(
-                f"attention_probabilities[{layer}] takes (batch, {entry.heads}, q, k); got {tuple(value.shape)}"
-            )
         value = value.reshape(-1, *value.shape[2:])
         native = site.output
-        rows = _invoke_rows(native, entry.heads)
+        rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
         if rows is not None:  # this invoke's rows only; the tensor is shared by all invokes
             merged = native.clone()
             merged[rows[0] : rows[1]] = value
@@ -229,28 +238,8 @@ def write_probabilities(model: StandardizedTransformer, layer: int, value: torch
     site.output = value
 
 
-def _invoke_rows(native: torch.Tensor, heads: int) -> tuple[int, int] | None:
-    """This invoke's rows of a flattened ``(batch * heads, q, k)`` tensor, when several share it.
-
-    nnsight gives each of several invokes its rows of tensors whose leading
-    dimension is the batch; a ``batch * heads`` one reaches every invoke whole.
-    """
-    from greenlet import getcurrent
-
-    ref = getattr(getcurrent(), "mediator", None)
-    mediator = ref() if ref is not None else None
-    group = getattr(mediator, "batch_group", None)
-    batcher = getattr(getattr(mediator, "interleaver", None), "batcher", None)
-    if group is None or batcher is None or not batcher.batching:
-        return None
-    if heads == 1 or native.shape[0] != batcher.total * heads:
-        return None  # nnsight narrowed it already (one head) or it is not batched
-    start, size = group
-    return start * heads, (start + size) * heads
-
-
 def _located(model: StandardizedTransformer, layer: int) -> Located:
-    probs = model._attention_probs
+    probs = model.binding.attention
     if probs is None:
         raise UnavailableError(
             model.model_type,
@@ -264,18 +253,18 @@ def _located(model: StandardizedTransformer, layer: int) -> Located:
     return entry
 
 
-def locate_all(model: StandardizedTransformer) -> list[Located | str]:
+def locate_all(model: StandardizedTransformer, binding: Binding) -> list[Located | str]:
     """Find and validate the probabilities on every layer; a reason where unavailable.
 
     Example::
 
-        >>> entries = locate_all(model)     # one entry per layer
+        >>> entries = locate_all(model, model.binding)     # one entry per layer
     """
-    layout = model._ensure_layout()
+    layout = binding.layout
     model.dispatch()
     # a model may replace modules in its first forward (BigBird swaps block-sparse
     # for full attention on short inputs): run one, then re-point stale envoys
-    with torch.no_grad(), model.trace(_PROMPT):
+    with torch.no_grad(), model.trace(PROBE_PROMPT):
         pass
     refresh_envoys(model)
     by_class: dict[type, tuple[str, ...] | str] = {}
@@ -285,22 +274,21 @@ def locate_all(model: StandardizedTransformer) -> list[Located | str]:
         if attention is None:
             entries.append(layout.unavailable[index].get("attentions_output", "this layer has no attention"))
             continue
-        kind = type(envoy_at(model.layers[index], attention)._module)
+        kind = type(native_module(envoy_at(model.layers[index], attention)))
         if kind not in by_class:
             by_class[kind] = discover_probability_ops(model, index, attention)
         found = by_class[kind]
         entries.append(found if isinstance(found, str) else Located(found, attention))
-    model._attention_probs = entries
     try:
         failure = _validate(model, entries)
     except Exception as error:  # noqa: BLE001 - any failure to read or write them means unverified
         failure = f"reading them failed: {type(error).__name__}: {error}"
     if failure is not None:
-        model._attention_probs = [
+        entries = [
             e if isinstance(e, str) else f"located at {'.'.join(e.ops)} but not verified: {failure}"
             for e in entries
         ]
-    return model._attention_probs
+    return entries
 
 
 def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
@@ -311,7 +299,7 @@ def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
     layers = [i for i, e in enumerate(entries) if not isinstance(e, str)]
     if not layers:
         return None
-    prompts = [_PROMPT, "hello"]
+    prompts = [PROBE_PROMPT, "hello"]
     saved: list[torch.Tensor] = []
     kwargs: dict[str, torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
@@ -321,11 +309,11 @@ def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
                 if isinstance(value, torch.Tensor):
                     kwargs[key] = value.save()
             for i in layers:
-                saved.append(read_probabilities(model, i).save())
+                saved.append(_read(model, i, entries[i]).save())
             out["logits"] = model.logits.save()
         batch, seq = kwargs["input_ids"].shape
         try:
-            hf = model._module(**kwargs, output_attentions=True).attentions
+            hf = native_module(model)(**kwargs, output_attentions=True).attentions
         except Exception:  # noqa: BLE001 - some models do not return attentions
             hf = None
         if hf is None or len(hf) != model.num_layers:
@@ -337,8 +325,8 @@ def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
             entries[i] = entries[i]._replace(heads=heads)
         first = layers[0]
         with model.trace(prompts):
-            probs = read_probabilities(model, first)
-            write_probabilities(model, first, torch.zeros_like(probs))
+            probs = _read(model, first, entries[first])
+            _write(model, first, entries[first], torch.zeros_like(probs))
             out["changed"] = model.logits.save()
         if torch.equal(out["changed"], out["logits"]):
             return f"layer {first}: writing the probabilities did not change the logits"
@@ -357,7 +345,7 @@ def _check_layer(
     if probs.ndim != 4 or probs.shape[0] != batch or probs.shape[-1] < seq or probs.shape[-2] != seq:
         return None, f"layer {i}: shape {tuple(native.shape)}, expected (batch, heads, {seq}, {seq})"
     sums = probs.float().sum(-1)
-    tol = 1e-3 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-5
+    tol = probability_tolerance(probs.dtype)
     # rows sum to 1, or to at most 1 with attention sinks (the sink takes the rest)
     if (sums > 1 + tol).any() or float(sums.max()) < 0.5:
         return None, f"layer {i}: rows sum to {float(sums.min()):.4f}..{float(sums.max()):.4f}, expected 1"
@@ -369,6 +357,6 @@ def _check_layer(
             )
     elif not torch.equal(reference, probs):
         d = float((reference.float() - probs.float()).abs().max())
-        if d > 1e-5:
+        if d > probability_tolerance(torch.float32):
             return None, f"layer {i}: differs from HF output_attentions by {d:.3g}"
     return heads, None

@@ -10,13 +10,15 @@ import torch
 
 from ._errors import CheckFailedError
 from ._layout import LAYER_SITES, to_standard
+from ._nnsight_compat import native_module
+from ._rules import PROBE_PROMPTS
+from ._tolerances import lens_tolerance, sum_tolerance
 
 if TYPE_CHECKING:
+    from ._binding import Binding
     from ._model import StandardizedTransformer
 
 __all__ = ["CheckItem", "CheckResult", "run_checks"]
-
-DEFAULT_PROMPTS = ("The Eiffel Tower is in the city of", "Hello world")
 
 
 @dataclass(frozen=True)
@@ -82,19 +84,6 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def _tolerance(reference: torch.Tensor) -> float:
-    eps = torch.finfo(reference.dtype).eps if reference.is_floating_point() else 0.0
-    scale = float(reference.detach().abs().max()) if reference.numel() else 1.0
-    return 8 * eps * max(1.0, scale)
-
-
-def _lens_tolerance(logits: torch.Tensor) -> float:
-    """Lens vs logits: the model may unembed a slice of positions, so matmul shapes (and bits) differ."""
-    scale = max(1.0, float(logits.detach().abs().max()))
-    relative = 2e-4 if logits.dtype == torch.float32 else 64 * torch.finfo(logits.dtype).eps
-    return max(_tolerance(logits) * 16, relative * scale)
-
-
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().float() - b.detach().float()).abs().max())
 
@@ -141,172 +130,163 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
     Example::
 
         >>> print(run_checks(model))
+
+    One forward reads every value (in forward order) while plain hooks capture the
+    native modules' values; then, each a stage of its own: values == native
+    modules, logits == a plain HF forward, the layers chain, the parts add up where
+    the block layout says so, the lens of the last layer is the logits, and writes
+    reach the output.
     """
-    prompts = list(prompts or DEFAULT_PROMPTS)
-    layout = model._ensure_layout()
-    model.dispatch()  # hooks below go on the real modules
+    binding = model.binding
+    model.dispatch()  # the hooks go on the real modules
     result = CheckResult(model.model_type)
-    add = result.items.append
-    n = model.num_layers
     with torch.no_grad():
-        # 1. one forward reading every value in forward order, with plain hooks
-        # capturing the native modules' values in the same forward
-        # (containers are built outside the block: names bound by comprehensions
-        # inside a trace do not survive it)
-        kwargs: dict[str, torch.Tensor] = {}
-        values: dict[str, list[Any]] = {site: [] for site in LAYER_SITES}
-        out: dict[str, Any] = {}
-        paths = [loc.path for layer in layout.layers for loc in layer.values()]
-        capture = _NativeCapture(model._module, paths)
-        try:
-            with model.trace(prompts):
-                for key, value in model.inputs[1].items():
-                    if isinstance(value, torch.Tensor):
-                        kwargs[key] = value.save()
-                for i in range(n):
-                    for site in LAYER_SITES:
-                        if site in layout.layers[i]:
-                            values[site].append(getattr(model, site)[i].save())
-                        else:
-                            values[site].append(None)
-                if model.lens_unavailable is None:
-                    out["lens"] = model.project_on_vocab(values["layers_output"][-1]).save()
-                out["logits"] = model.logits.save()
-        finally:
-            capture.close()
-        lens, logits = out.get("lens"), out["logits"]
-
-        # 2. every standardized value equals the native module's value
-        for site in LAYER_SITES:
-            layers = [i for i in range(n) if site in layout.layers[i]]
-            if not layers:
-                add(CheckItem(f"{site} == native", "skipped", "unavailable on every layer"))
-                continue
-            worst = 0.0
-            for i in layers:
-                loc, value = layout.layers[i][site], values[site][i]
-                native = to_standard(loc, capture.get(loc))
-                if loc.flat:
-                    native = native.view(value.shape)
-                if native.shape != value.shape:
-                    worst = float("inf")
-                    break
-                worst = max(worst, _diff(native, value))
-            add(
-                CheckItem(
-                    f"{site} == native",
-                    "passed" if worst == 0.0 else "failed",
-                    f"{len(layers)} layers, max |diff| {worst:.3g}",
-                    worst,
-                )
-            )
-
-        # 3. logits equal a plain HF forward with the same inputs
-        hf_logits = model._module(**kwargs).logits
-        d = _diff(hf_logits, logits)
-        add(CheckItem("logits == HF forward", "passed" if d == 0.0 else "failed", f"max |diff| {d:.3g}", d))
-
-        # 4. layers chain: input of layer i+1 is output of layer i
-        worst = max(
-            (
-                _diff(values["layers_input"][i + 1], values["layers_output"][i])
-                for i in range(n - 1)
-                if values["layers_input"][i + 1] is not None and values["layers_output"][i] is not None
-            ),
-            default=0.0,
-        )
-        add(
-            CheckItem(
-                "layers_input[i+1] == layers_output[i]",
-                "passed" if worst == 0.0 else "failed",
-                f"max |diff| {worst:.3g}",
-                worst,
-            )
-        )
-
-        # 5. parts add up where the block layout implies it (or, for a layout
-        # nobody declared, whether they do: reported, never failed)
-        block = model.spec.block_layout(model.text_config)
-        factor = 1.0
-        if model.spec.residual_multiplier:
-            factor = float(getattr(model.text_config, model.spec.residual_multiplier, 1.0) or 1.0)
-        worst, ok, counted = 0.0, True, 0
-        for i in range(n):
-            parts = [
-                values[s][i] for s in ("layers_input", "attentions_output", "mlps_output", "layers_output")
-            ]
-            if any(p is None for p in parts):
-                continue
-            x, a, m, out = parts
-            if not x.shape == a.shape == m.shape == out.shape:  # several residual streams per token
-                continue
-            d = _diff(x + factor * a + factor * m, out)
-            worst = max(worst, d)
-            ok = ok and d <= _tolerance(out) * 4
-            counted += 1
-        name = f"layers_output == layers_input + attn + mlp ({block})"
-        if not counted and model.spec.residual_streams:
-            add(CheckItem(name, "skipped", "the layers mix several residual streams with learned weights"))
-        elif not counted:
-            add(CheckItem(name, "skipped", "no layer has both an attention and an MLP value"))
-        elif block in ("sequential", "parallel"):
-            add(
-                CheckItem(
-                    name, "passed" if ok else "failed", f"{counted} layers, max |diff| {worst:.3g}", worst
-                )
-            )
-        elif block == "unknown" and ok:
-            add(
-                CheckItem(name, "passed", f"detected: {counted} layers add up, max |diff| {worst:.3g}", worst)
-            )
-        else:
-            add(
-                CheckItem(
-                    name, "skipped", f"block layout {block!r} does not add them up (max |diff| {worst:.3g})"
-                )
-            )
-
-        # 6. the lens of the last layer is the logits
-        name = "project_on_vocab(layers_output[-1]) == logits"
-        if lens is None:
-            add(CheckItem(name, "skipped", f"project_on_vocab is unavailable: {model.lens_unavailable}"))
-        else:
-            d = _diff(lens, logits)
-            add(
-                CheckItem(
-                    name,
-                    # the model may unembed a slice of positions: matmul shapes differ, bits may too
-                    "passed" if d <= _lens_tolerance(logits) else "failed",
-                    f"max |diff| {d:.3g}",
-                    d,
-                )
-            )
-
-        # 7. writes reach the output; writing a value back unchanged does not
-        mid = n // 2
-        with model.trace(prompts):
-            h = model.layers_output[mid]
-            model.layers_output[mid] = h + torch.randn_like(h) * (h.std() + 1.0)
-            perturbed = model.logits.save()
-        d = _diff(perturbed, logits)
-        add(
-            CheckItem(
-                f"write to layers_output[{mid}] changes logits",
-                "passed" if d > 0 else "failed",
-                f"max |diff| {d:.3g}",
-                d,
-            )
-        )
-        with model.trace(prompts):
-            model.layers_output[mid] = model.layers_output[mid].clone()
-            same = model.logits.save()
-        d = _diff(same, logits)
-        add(
-            CheckItem(
-                f"unchanged write to layers_output[{mid}] keeps logits",
-                "passed" if d == 0.0 else "failed",
-                f"max |diff| {d:.3g}",
-                d,
-            )
-        )
+        run = _read_everything(model, binding, list(prompts or PROBE_PROMPTS))
+        result.items += _values_equal_native(binding, run)
+        result.items.append(_logits_equal_hf(model, run))
+        result.items.append(_layers_chain(binding, run))
+        result.items.append(_parts_add_up(binding, run))
+        result.items.append(_lens_is_logits(binding, run))
+        result.items += _writes_reach_output(model, run)
     return result
+
+
+@dataclass
+class _Run:
+    """Everything one checked forward read: uniterp's values, the native ones, and its inputs."""
+
+    prompts: list[str]
+    kwargs: dict[str, torch.Tensor]
+    values: dict[str, list[Any]]
+    capture: _NativeCapture
+    logits: torch.Tensor
+    lens: torch.Tensor | None
+
+
+def _read_everything(model: StandardizedTransformer, binding: Binding, prompts: list[str]) -> _Run:
+    # containers are built outside the block: names bound by comprehensions inside a
+    # trace do not survive it
+    layout, n = binding.layout, model.num_layers
+    kwargs: dict[str, torch.Tensor] = {}
+    values: dict[str, list[Any]] = {site: [] for site in LAYER_SITES}
+    out: dict[str, Any] = {}
+    paths = [loc.path for layer in layout.layers for loc in layer.values()]
+    capture = _NativeCapture(native_module(model), paths)
+    try:
+        with model.trace(prompts):
+            for key, value in model.inputs[1].items():
+                if isinstance(value, torch.Tensor):
+                    kwargs[key] = value.save()
+            for i in range(n):
+                for site in LAYER_SITES:
+                    if site in layout.layers[i]:
+                        values[site].append(getattr(model, site)[i].save())
+                    else:
+                        values[site].append(None)
+            if binding.lens_unavailable is None:
+                out["lens"] = model.project_on_vocab(values["layers_output"][-1]).save()
+            out["logits"] = model.logits.save()
+    finally:
+        capture.close()
+    return _Run(prompts, kwargs, values, capture, out["logits"], out.get("lens"))
+
+
+def _item(name: str, ok: bool, detail: str, diff: float | None = None) -> CheckItem:
+    return CheckItem(name, "passed" if ok else "failed", detail, diff)
+
+
+def _values_equal_native(binding: Binding, run: _Run) -> list[CheckItem]:
+    items = []
+    for site in LAYER_SITES:
+        layers = [i for i in range(binding.sizes.num_layers) if site in binding.layout.layers[i]]
+        if not layers:
+            items.append(CheckItem(f"{site} == native", "skipped", "unavailable on every layer"))
+            continue
+        worst = 0.0
+        for i in layers:
+            loc, value = binding.layout.layers[i][site], run.values[site][i]
+            native = to_standard(loc, run.capture.get(loc))
+            if loc.flat:
+                native = native.view(value.shape)
+            if native.shape != value.shape:
+                worst = float("inf")
+                break
+            worst = max(worst, _diff(native, value))
+        items.append(
+            _item(f"{site} == native", worst == 0.0, f"{len(layers)} layers, max |diff| {worst:.3g}", worst)
+        )
+    return items
+
+
+def _logits_equal_hf(model: StandardizedTransformer, run: _Run) -> CheckItem:
+    hf_logits = native_module(model)(**run.kwargs).logits
+    d = _diff(hf_logits, run.logits)
+    return _item("logits == HF forward", d == 0.0, f"max |diff| {d:.3g}", d)
+
+
+def _layers_chain(binding: Binding, run: _Run) -> CheckItem:
+    ins, outs = run.values["layers_input"], run.values["layers_output"]
+    worst = max(
+        (
+            _diff(ins[i + 1], outs[i])
+            for i in range(binding.sizes.num_layers - 1)
+            if ins[i + 1] is not None and outs[i] is not None
+        ),
+        default=0.0,
+    )
+    return _item("layers_input[i+1] == layers_output[i]", worst == 0.0, f"max |diff| {worst:.3g}", worst)
+
+
+def _parts_add_up(binding: Binding, run: _Run) -> CheckItem:
+    """Parts add up where the block layout implies it (for an undeclared layout: reported, never failed)."""
+    block, factor = binding.block, binding.residual_factor
+    worst, ok, counted = 0.0, True, 0
+    for i in range(binding.sizes.num_layers):
+        parts = [
+            run.values[s][i] for s in ("layers_input", "attentions_output", "mlps_output", "layers_output")
+        ]
+        if any(p is None for p in parts):
+            continue
+        x, a, m, out = parts
+        if not x.shape == a.shape == m.shape == out.shape:  # several residual streams per token
+            continue
+        d = _diff(x + factor * a + factor * m, out)
+        worst = max(worst, d)
+        ok = ok and d <= sum_tolerance(out)
+        counted += 1
+    name = f"layers_output == layers_input + attn + mlp ({block})"
+    if not counted and binding.spec.residual_streams:
+        return CheckItem(name, "skipped", "the layers mix several residual streams with learned weights")
+    if not counted:
+        return CheckItem(name, "skipped", "no layer has both an attention and an MLP value")
+    if block in ("sequential", "parallel"):
+        return _item(name, ok, f"{counted} layers, max |diff| {worst:.3g}", worst)
+    if block == "unknown" and ok:
+        return CheckItem(name, "passed", f"detected: {counted} layers add up, max |diff| {worst:.3g}", worst)
+    return CheckItem(name, "skipped", f"block layout {block!r} does not add them up (max |diff| {worst:.3g})")
+
+
+def _lens_is_logits(binding: Binding, run: _Run) -> CheckItem:
+    name = "project_on_vocab(layers_output[-1]) == logits"
+    if run.lens is None:
+        return CheckItem(name, "skipped", f"project_on_vocab is unavailable: {binding.lens_unavailable}")
+    d = _diff(run.lens, run.logits)
+    # the model may unembed a slice of positions: matmul shapes differ, bits may too
+    return _item(name, d <= lens_tolerance(run.logits), f"max |diff| {d:.3g}", d)
+
+
+def _writes_reach_output(model: StandardizedTransformer, run: _Run) -> list[CheckItem]:
+    """A write changes the logits; writing a value back unchanged keeps them identical."""
+    mid = model.num_layers // 2
+    with model.trace(run.prompts):
+        h = model.layers_output[mid]
+        model.layers_output[mid] = h + torch.randn_like(h) * (h.std() + 1.0)
+        perturbed = model.logits.save()
+    d = _diff(perturbed, run.logits)
+    changed = _item(f"write to layers_output[{mid}] changes logits", d > 0, f"max |diff| {d:.3g}", d)
+    with model.trace(run.prompts):
+        model.layers_output[mid] = model.layers_output[mid].clone()
+        same = model.logits.save()
+    d = _diff(same, run.logits)
+    kept = _item(f"unchanged write to layers_output[{mid}] keeps logits", d == 0.0, f"max |diff| {d:.3g}", d)
+    return [changed, kept]

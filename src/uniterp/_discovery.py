@@ -12,52 +12,22 @@ from typing import Any
 import torch
 
 from ._errors import ArchitectureError
+from ._paths import join
+from ._rules import (
+    ATTENTION_CHILD_NAMES,
+    ATTENTION_CLASS,
+    BLOCK_PATTERNS,
+    LAYER_COUNT_KEYS,
+    LOGIT_KEYS,
+    MLP_CHILD_NAMES,
+    MLP_CLASS,
+    NORM_CLASS,
+    STREAM_KEYS,
+    STREAM_READOUT,
+)
 from ._spec import ArchitectureSpec, is_attention_class, is_mlp_class
 
 __all__ = ["discover_spec"]
-
-# Names a block gives its token mixer / its MLP, most specific first.
-_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "temporal_block", "mixer")
-_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "mlp_block", "moe", "ff")
-_ATTENTION_CLASS = re.compile(r"attention|attn", re.IGNORECASE)
-_MLP_CLASS = re.compile(r"mlp|moe|feedforward|ffn|expert", re.IGNORECASE)
-_NORM_CLASS = re.compile(r"norm", re.IGNORECASE)
-
-# Block shapes that need more than two module names (data: required children -> spec fields).
-_BLOCK_PATTERNS: tuple[tuple[frozenset[str], dict[str, Any]], ...] = (
-    # BERT-style post-norm encoder blocks used as decoders: the attention and the
-    # MLP output modules add the residual and normalise inside; their
-    # contributions are the dense projections.
-    (
-        frozenset({"attention", "intermediate", "output"}),
-        dict(
-            attention="attention",
-            attention_output="attention.output.dense",
-            mlp=None,
-            mlp_input="intermediate",
-            mlp_output="output.dense",
-            block="post_norm",
-        ),
-    ),
-    # fairseq-style decoder blocks (BART, Marian, Pegasus, XGLM, BioGPT, ...): no MLP module.
-    (
-        frozenset({"self_attn", "fc1", "fc2"}),
-        dict(attention="self_attn", mlp=None, mlp_input="fc1", mlp_output="fc2"),
-    ),
-)
-
-# Config keys of logit post-processing, by the spec field that applies them.
-_LOGIT_KEYS = {
-    "logit_softcap": ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap"),
-    "logit_scale": ("logit_scale",),
-    "logit_divisor": ("logits_scaling", "logits_mup_width_multiplier"),
-}
-
-#: Config keys giving the number of parallel residual streams per token
-#: (hyper-connections, AltUp).
-_STREAM_KEYS = ("hc_mult", "hc_count", "altup_num_inputs")
-#: Names of the module that merges the streams after the last layer.
-_STREAM_READOUT = re.compile(r"^(hc_head|hyper_connection_mixer|stream_readout)$")
 
 
 def _norm_width(module: torch.nn.Module) -> int | None:
@@ -175,6 +145,11 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         >>> spec.layers
         'model.layers'
 
+    Five small finders, each for one piece: the decoder stack, the embedding and
+    unembedding (with anything between the backbone and the head), the final norm,
+    the attention and MLP of each block, and the logit post-processing and
+    residual streams named by the config.
+
     Args:
         module: The ``*ForCausalLM`` module (real or on the meta device).
         model_type: Its ``config.model_type`` (for error messages).
@@ -187,14 +162,29 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         ArchitectureError: A required piece (the decoder stack, the embedding or
             the unembedding) could not be found.
     """
-    counts = [
-        value
-        for key in ("num_hidden_layers", "decoder_layers", "n_layer", "num_layers")
-        if isinstance(value := getattr(config, key, None), int)
-    ]
+    counts = [v for key in LAYER_COUNT_KEYS if isinstance(v := getattr(config, key, None), int)]
     layers_path = _pick_stack(module, model_type, counts, config)
     stack = module.get_submodule(layers_path)
+    embed_path, head_path, pre_unembed = _find_ends(module, model_type, layers_path)
+    final_norm = _find_final_norm(module, layers_path, head_path, getattr(config, "hidden_size", None))
+    fields = _find_block_parts(module, model_type, layers_path, stack)
+    fields.update(_find_config_fields(module, layers_path, config))
+    fields.setdefault("block", "unknown")
+    return ArchitectureSpec(
+        embed_tokens=embed_path,
+        layers=layers_path,
+        final_norm=final_norm,
+        lm_head=head_path,
+        pre_unembed=pre_unembed,
+        notes="discovered automatically",
+        **fields,
+    )
 
+
+def _find_ends(
+    module: torch.nn.Module, model_type: str, layers_path: str
+) -> tuple[str, str, tuple[str, ...]]:
+    """The input embedding, the whole prediction head, and the modules between backbone and head."""
     get_in = getattr(module, "get_input_embeddings", None)
     get_out = getattr(module, "get_output_embeddings", None)
     embed_path = _path_of(module, get_in() if get_in else None)
@@ -222,12 +212,18 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         and not embed_path.startswith(name + ".")
         and embed_path != name
     )
+    return embed_path, head_path, pre_unembed
 
+
+def _find_final_norm(
+    module: torch.nn.Module, layers_path: str, head_path: str, hidden: int | None
+) -> str | None:
+    """The norm after the stack: a sibling registered after it, else before it, else next to an ancestor."""
+    stack = module.get_submodule(layers_path)
     parent_path = layers_path.rpartition(".")[0]
     parent = module.get_submodule(parent_path) if parent_path else module
     final_norm = None
     seen_layers = False
-    hidden = getattr(config, "hidden_size", None)
     for name, child in parent.named_children():
         if child is stack:
             seen_layers = True
@@ -236,76 +232,73 @@ def discover_spec(module: torch.nn.Module, model_type: str, config: Any = None) 
         # a norm of another width (Gemma 4's per-layer-input projection norm) is not the final norm
         if (
             seen_layers
-            and _NORM_CLASS.search(type(child).__name__)
+            and NORM_CLASS.search(type(child).__name__)
             and (width is None or not isinstance(hidden, int) or width == hidden)
         ):
-            final_norm = f"{parent_path}.{name}" if parent_path else name
+            final_norm = join(parent_path, name)
     if final_norm is None:  # a norm registered before the stack (RoBERTa-PreLayerNorm's encoder.LayerNorm)
         for name, child in parent.named_children():
-            if (
-                child is not stack
-                and _NORM_CLASS.search(type(child).__name__)
-                and "embed" not in name.lower()
-            ):
-                final_norm = f"{parent_path}.{name}" if parent_path else name
+            if child is not stack and NORM_CLASS.search(type(child).__name__) and "embed" not in name.lower():
+                final_norm = join(parent_path, name)
     # else a norm next to an ancestor of the stack (RoBERTa-PreLayerNorm's model-level LayerNorm)
     ancestor = parent_path
     while final_norm is None and ancestor:
         ancestor = ancestor.rpartition(".")[0]
         holder = module.get_submodule(ancestor) if ancestor else module
         for name, child in holder.named_children():
-            path = f"{ancestor}.{name}" if ancestor else name
-            if _NORM_CLASS.search(type(child).__name__) and "embed" not in name.lower() and path != head_path:
+            path = join(ancestor, name)
+            if NORM_CLASS.search(type(child).__name__) and "embed" not in name.lower() and path != head_path:
                 final_norm = path
+    return final_norm
 
-    fields: dict[str, Any] = {}
+
+def _find_block_parts(
+    module: torch.nn.Module, model_type: str, layers_path: str, stack: torch.nn.Module
+) -> dict[str, Any]:
+    """Spec fields for the attention and MLP of the blocks: a known block shape, or one child each."""
     children = {n for block in stack for n, _ in block.named_children()}
-    for required, pattern_fields in _BLOCK_PATTERNS:
+    for required, pattern_fields in BLOCK_PATTERNS:
         if required <= children:
-            fields = dict(pattern_fields)
-            break
-    if not fields:
-        attention: list[str] = []
-        mlp: list[str] = []
-        for block in stack:
-            for name in _child(block, _ATTENTION_NAMES, _ATTENTION_CLASS, is_attention_class):
-                if name not in attention:
-                    attention.append(name)
-            for name in _child(block, _MLP_NAMES, _MLP_CLASS, is_mlp_class):
-                if name not in mlp:
-                    mlp.append(name)
-        held = ", ".join(sorted({f"{n}: {type(c).__name__}" for b in stack for n, c in b.named_children()}))
-        unavailable = {}
-        if not attention:
-            unavailable["self_attn"] = f"no block holds softmax attention (blocks hold {held})"
-        if not mlp:
-            unavailable["mlp"] = f"no block holds an MLP module (blocks hold {held})"
-        if not attention and not mlp:
-            _refuse_split_layers(module, model_type, layers_path, len(stack))
-        fields = dict(attention=tuple(attention) or None, mlp=tuple(mlp) or None, unavailable=unavailable)
-    for field_name, keys in _LOGIT_KEYS.items():
+            return dict(pattern_fields)
+    attention: list[str] = []
+    mlp: list[str] = []
+    for block in stack:
+        for name in _child(block, ATTENTION_CHILD_NAMES, ATTENTION_CLASS, is_attention_class):
+            if name not in attention:
+                attention.append(name)
+        for name in _child(block, MLP_CHILD_NAMES, MLP_CLASS, is_mlp_class):
+            if name not in mlp:
+                mlp.append(name)
+    held = ", ".join(sorted({f"{n}: {type(c).__name__}" for b in stack for n, c in b.named_children()}))
+    unavailable = {}
+    if not attention:
+        unavailable["self_attn"] = f"no block holds softmax attention (blocks hold {held})"
+    if not mlp:
+        unavailable["mlp"] = f"no block holds an MLP module (blocks hold {held})"
+    if not attention and not mlp:
+        _refuse_split_layers(module, model_type, layers_path, len(stack))
+    return dict(attention=tuple(attention) or None, mlp=tuple(mlp) or None, unavailable=unavailable)
+
+
+def _find_config_fields(module: torch.nn.Module, layers_path: str, config: Any) -> dict[str, Any]:
+    """Logit post-processing and residual streams named by the config."""
+    fields: dict[str, Any] = {}
+    for field_name, keys in LOGIT_KEYS.items():
         for key in keys:
             if getattr(config, key, None) is not None:
                 fields[field_name] = key
-    for key in _STREAM_KEYS:
+    parent_path = layers_path.rpartition(".")[0]
+    parent = module.get_submodule(parent_path) if parent_path else module
+    for key in STREAM_KEYS:
         if isinstance(getattr(config, key, None), int) and getattr(config, key) > 1:
             fields["residual_streams"] = key
             fields["stream_readout"] = next(
                 (
-                    f"{parent_path}.{name}" if parent_path else name
+                    join(parent_path, name)
                     for name, _ in parent.named_children()
-                    if _STREAM_READOUT.match(name)
+                    if STREAM_READOUT.match(name)
                 ),
                 None,
             )
             break
-    fields.setdefault("block", "unknown")
-    return ArchitectureSpec(
-        embed_tokens=embed_path,
-        layers=layers_path,
-        final_norm=final_norm,
-        lm_head=head_path,
-        pre_unembed=pre_unembed,
-        notes="discovered automatically",
-        **fields,
-    )
+    return fields

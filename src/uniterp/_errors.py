@@ -12,6 +12,8 @@ __all__ = [
     "CheckFailedError",
     "InputError",
     "LayerIndexError",
+    "InPlaceEditError",
+    "OrderError",
     "OutsideTraceError",
     "ShapeError",
     "UniterpError",
@@ -90,6 +92,26 @@ class InputError(UniterpError, ValueError):
 
 class OutsideTraceError(UniterpError, ValueError):
     """A standardized value was read or written outside ``with model.trace(...)``."""
+
+
+class OrderError(UniterpError):
+    """A value was requested after the forward pass had already run past it.
+
+    Inside one invoke, values must be read and written in the order the model
+    computes them. The error names the standardized value; it also derives from
+    nnsight's ``OutOfOrderError``, so nnsight's own handling (the end of a
+    generation loop) is unchanged.
+    """
+
+
+class InPlaceEditError(UniterpError, RuntimeError):
+    """A value uniterp handed out as a copy was edited in place; the edit would not reach the model.
+
+    Where the model itself edits a value in place later in the forward pass
+    (Falcon adds the attention output into the MLP output), uniterp hands out a
+    copy so a saved value stays as the module produced it. Assign instead:
+    ``model.mlps_output[0] = edited``.
+    """
 
 
 class CheckFailedError(UniterpError):

@@ -7,11 +7,14 @@ Each entry is checked at load (structure, shapes) and by ``model.check()``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
-from ._spec import ArchitectureSpec
+from ._spec import ArchitectureSpec, ConfigSwitch
 
-__all__ = ["get_spec", "register_spec", "registered_model_types"]
+__all__ = ["get_spec", "lookup_spec", "register_spec", "registered_model_types"]
+
+#: Where a model's spec came from.
+SpecSource = Literal["given", "table", "registered", "generated", "discovered"]
 
 # --- shared layouts ----------------------------------------------------------
 LLAMA_LIKE = ArchitectureSpec(
@@ -27,10 +30,7 @@ GPT2_LIKE = ArchitectureSpec(
 )
 PARALLEL_GPTJ = GPT2_LIKE.with_(block="parallel")
 SANDWICH = LLAMA_LIKE.with_(block="sandwich")
-
-
-def _opt_block(config: Any) -> str:
-    return "sequential" if getattr(config, "do_layer_norm_before", True) else "post_norm"
+PARALLEL_RESIDUAL = ConfigSwitch("use_parallel_residual", "parallel", "sequential", default=True)
 
 
 _SPECS: dict[str, ArchitectureSpec] = {
@@ -44,18 +44,20 @@ _SPECS: dict[str, ArchitectureSpec] = {
         layers="gpt_neox.layers",
         final_norm="gpt_neox.final_layer_norm",
         attention="attention",
-        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", True) else "sequential",
+        block=PARALLEL_RESIDUAL,
     ),
     "opt": ArchitectureSpec(
         embed_tokens="model.decoder.embed_tokens",
         layers="model.decoder.layers",
         final_norm="model.decoder.final_layer_norm",
+        embed_projection="model.decoder.project_in",
         pre_unembed=("model.decoder.project_out",),
         mlp=None,
         mlp_input="fc1",
         mlp_output="fc2",
-        block=_opt_block,
-        notes="No single MLP module: mlps_input is fc1's input, mlps_output is fc2's output.",
+        block=ConfigSwitch("do_layer_norm_before", "sequential", "post_norm", default=True),
+        notes="No single MLP module: mlps_input is fc1's input, mlps_output is fc2's output. "
+        "With word_embed_proj_dim != hidden_size, token_embeddings is project_in's output.",
     ),
     "bloom": ArchitectureSpec(
         embed_tokens="transformer.word_embeddings",
@@ -72,10 +74,10 @@ _SPECS: dict[str, ArchitectureSpec] = {
         layers="transformer.h",
         final_norm="transformer.ln_f",
         attention="self_attention",
-        block=lambda config: (
-            "parallel"
-            if getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False)
-            else "sequential"
+        block=ConfigSwitch(
+            "new_decoder_architecture",
+            "parallel",
+            ConfigSwitch("parallel_attn", "parallel", "sequential", default=True),
         ),
     ),
     # Llama style: model.layers, self_attn, mlp, model.norm
@@ -90,7 +92,7 @@ _SPECS: dict[str, ArchitectureSpec] = {
     "phi3": LLAMA_LIKE,
     "olmo": LLAMA_LIKE,
     "stablelm": LLAMA_LIKE.with_(
-        block=lambda config: "parallel" if getattr(config, "use_parallel_residual", False) else "sequential"
+        block=ConfigSwitch("use_parallel_residual", "parallel", "sequential", default=False)
     ),
     "starcoder2": LLAMA_LIKE,
     "gemma2": SANDWICH.with_(logit_softcap="final_logit_softcapping"),
@@ -115,8 +117,11 @@ _SPECS: dict[str, ArchitectureSpec] = {
 }
 
 
+_REGISTERED: set[str] = set()
+
+
 def get_spec(model_type: str) -> ArchitectureSpec | None:
-    """The registered spec of ``model_type``, or ``None`` when there is none.
+    """The hand-written or registered spec of ``model_type``, or ``None`` when there is none.
 
     Example::
 
@@ -124,6 +129,27 @@ def get_spec(model_type: str) -> ArchitectureSpec | None:
         'model.layers'
     """
     return _SPECS.get(model_type)
+
+
+def lookup_spec(model_type: str) -> tuple[ArchitectureSpec, SpecSource] | None:
+    """The spec that serves ``model_type`` and which table it comes from, or ``None``.
+
+    The hand-written table (and `register_spec`) wins; then the generated table of
+    discovered rows (``uniterp._discovered``, written by ``make coverage``), whose
+    rows are numerically checked at load like a live discovery.
+
+    Example::
+
+        >>> lookup_spec("llama")[1], lookup_spec("bamba")[1]
+        ('table', 'generated')
+    """
+    if model_type in _SPECS:
+        return _SPECS[model_type], "registered" if model_type in _REGISTERED else "table"
+    from ._discovered import DISCOVERED
+
+    if model_type in DISCOVERED:
+        return DISCOVERED[model_type], "generated"
+    return None
 
 
 def register_spec(model_type: str, spec: ArchitectureSpec, *, overwrite: bool = False) -> None:
@@ -148,6 +174,7 @@ def register_spec(model_type: str, spec: ArchitectureSpec, *, overwrite: bool = 
             f"a spec for {model_type!r} is registered already; pass overwrite=True to replace it"
         )
     _SPECS[model_type] = spec
+    _REGISTERED.add(model_type)
 
 
 def registered_model_types() -> tuple[str, ...]:

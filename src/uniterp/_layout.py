@@ -11,15 +11,17 @@ value has the shape it should.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from ._errors import ArchitectureError
-from ._spec import ArchitectureSpec
+from ._nnsight_compat import native_module, quiet_fake_tensor_logs, tensor_version
+from ._paths import has_path, join, module_at
+from ._rules import PROBE_PROMPTS
+from ._spec import ArchitectureSpec, LayerPaths
 
 __all__ = ["LAYER_SITES", "Layout", "Locator", "probe_layout", "to_native", "to_standard"]
 
@@ -34,8 +36,6 @@ LAYER_SITES: tuple[str, ...] = (
     "mlps_output",
     "layers_output",
 )
-
-_PROBE_PROMPTS = ["The Eiffel Tower is in the city of", "hello world"]
 
 
 @dataclass(frozen=True)
@@ -96,30 +96,57 @@ def to_native(loc: Locator, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-@dataclass
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses changes (picklable, unlike ``MappingProxyType``)."""
+
+    def _refuse(self, *_: Any, **__: Any) -> None:
+        raise TypeError("the layout is read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+@dataclass(frozen=True)
 class Layout:
-    """The probe's findings for one model.
+    """The probe's findings for one model (read-only).
 
     Attributes:
-        token_embeddings: Locator of the embedding output.
-        layers: One dict per layer mapping a site name to its `Locator`.
-        unavailable: One dict per layer mapping a site name to the reason it is
+        token_embeddings: Locator of the token embeddings.
+        layers: One mapping per layer from a site name to its `Locator`.
+        unavailable: One mapping per layer from a site name to the reason it is
             unavailable there.
-        modules: One dict per layer mapping ``self_attn``/``mlp`` to the native
+        modules: One mapping per layer from ``self_attn``/``mlp`` to the native
             path (relative to the block) bound under that name.
         probed_with: ``"scan"`` (fake tensors, no weights) or ``"forward"``.
+        final_norm_runs: Whether the final norm ran ``"after"`` the last layer in
+            the probe forward, ``"before"`` it, or ``"never"``; ``None`` when the
+            spec names no final norm module.
+        embedding_width: Last dimension of ``token_embeddings`` (``hidden_size``
+            except where the embedding is narrower and the projection to the hidden
+            size comes after other additions, as in ELECTRA).
     """
 
     token_embeddings: Locator
-    layers: list[dict[str, Locator]] = field(default_factory=list)
-    unavailable: list[dict[str, str]] = field(default_factory=list)
-    modules: list[dict[str, str]] = field(default_factory=list)
+    layers: tuple[Mapping[str, Locator], ...] = ()
+    unavailable: tuple[Mapping[str, str], ...] = ()
+    modules: tuple[Mapping[str, str], ...] = ()
     probed_with: str = "scan"
+    embedding_width: int | None = None
+    final_norm_runs: str | None = None
 
     @property
     def has_flat_sites(self) -> bool:
         """Whether any value is flattened and needs the batch shape to unflatten."""
         return any(loc.flat for layer in self.layers for loc in layer.values())
+
+    @property
+    def has_copies(self) -> bool:
+        """Whether any value is handed out as a copy (the model edits it in place later)."""
+        return (
+            any(loc.clone for layer in self.layers for loc in layer.values()) or self.token_embeddings.clone
+        )
 
 
 @dataclass
@@ -128,12 +155,14 @@ class _Seen:
     kwargs: dict[str, Any]
     output: Any
     calls: int = 1
+    #: when the module finished, counted over every watched module (forward order)
+    finished: int = 0
     # (where, tensor, version at hook time): where is ("arg", i), ("kwarg", k) or ("out", i|None)
     live: list[tuple[tuple[str, Any], torch.Tensor, int]] = field(default_factory=list)
 
     def mutated(self, where: tuple[str, Any]) -> bool:
         """Whether the tensor at ``where`` was modified in place after the hook ran."""
-        return any(w == where and t._version != v for w, t, v in self.live)
+        return any(w == where and tensor_version(t) != v for w, t, v in self.live)
 
 
 def _meta(x: Any) -> Any:
@@ -234,12 +263,13 @@ def _output_locator(path: str, seen: _Seen, want: _Expect) -> Locator | str:
     out = seen.output
     kind = _hidden_like(out, want)
     if kind:
-        return _locator(path, "output", None, kind, want)
+        return replace(_locator(path, "output", None, kind, want), clone=seen.mutated(("out", None)))
     if isinstance(out, tuple) and out and not _is_tensor(out):
         kind = _hidden_like(out[0], want)
         if kind:
             nones = tuple(i for i, x in enumerate(out) if x is None)
-            return replace(_locator(path, "output", 0, kind, want), tuple_len=len(out), tuple_nones=nones)
+            found = _locator(path, "output", 0, kind, want)
+            return replace(found, tuple_len=len(out), tuple_nones=nones, clone=seen.mutated(("out", 0)))
     return f"output is {_describe(out)}, expected {want}"
 
 
@@ -248,6 +278,7 @@ class _Recorder:
         self.seen: dict[str, _Seen] = {}
         self.handles: list[Any] = []
         self.watched: set[str] = set()
+        self.finished = 0
 
     def watch(self, path: str, module: torch.nn.Module) -> None:
         if path in self.watched:
@@ -255,10 +286,12 @@ class _Recorder:
         self.watched.add(path)
 
         def hook(_m: Any, args: Any, kwargs: Any, output: Any) -> None:
+            self.finished += 1
             if path in self.seen:
                 self.seen[path].calls += 1
                 return
             seen = _Seen(_meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()}, _meta(output))
+            seen.finished = self.finished
             candidates: list[tuple[tuple[str, Any], Any]] = [(("arg", i), a) for i, a in enumerate(args)]
             candidates += [(("kwarg", k), v) for k, v in kwargs.items()]
             candidates.append((("out", None), output))
@@ -266,7 +299,7 @@ class _Recorder:
                 candidates.append((("out", 0), output[0]))
             for where, tensor in candidates:
                 if isinstance(tensor, torch.Tensor):
-                    seen.live.append((where, tensor, tensor._version))
+                    seen.live.append((where, tensor, tensor_version(tensor)))
             self.seen[path] = seen
 
         self.handles.append(module.register_forward_hook(hook, with_kwargs=True))
@@ -275,13 +308,6 @@ class _Recorder:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-
-
-def _module_at(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
-    try:
-        return root.get_submodule(path)
-    except AttributeError:
-        return None
 
 
 def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: int | None) -> Layout:
@@ -293,80 +319,144 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
         >>> layout.layers[0]["layers_output"]
         Locator(path='model.layers.0', io='output', key=None, ...)
 
+    Four stages: the spec's paths exist; each layer resolves its modules; one
+    forward (fake tensors under ``scan`` when the model allows it, else a real
+    one) with plain hooks on every module a value comes from; each value's
+    locator is read off what the hooks saw and its shape checked.
+
     Args:
-        model: The nnsight model (its ``_module`` may live on the meta device).
+        model: The nnsight model (its module may live on the meta device).
         spec: The architecture spec.
         model_type: For error messages.
         hidden: ``hidden_size``; values are checked against it.
-
-    Returns:
-        The `Layout`.
 
     Raises:
         ArchitectureError: A module is missing, never runs, or a value has the
             wrong shape.
     """
-    root: torch.nn.Module = model._module
-    stack = _module_at(root, spec.layers)
-    if not isinstance(stack, torch.nn.ModuleList):
-        raise ArchitectureError(model_type, "layers", [spec.layers], "no ModuleList at that path")
-    if _module_at(root, spec.embed_tokens) is None:
-        raise ArchitectureError(model_type, "embed_tokens", [spec.embed_tokens], "no module at that path")
-    if _module_at(root, spec.lm_head) is None:
-        raise ArchitectureError(model_type, "lm_head", [spec.lm_head], "no module at that path")
-    if spec.final_norm is not None and not hasattr_path(root, spec.final_norm):
-        raise ArchitectureError(model_type, "ln_final", [spec.final_norm], "no such attribute")
-
-    io_of = {site: ("input" if site.endswith("_input") else "output") for site in LAYER_SITES}
+    stack = _check_paths(native_module(model), spec, model_type)
     resolved = [spec.resolve_layer(block) for block in stack]
     _refuse_absent_everywhere(spec, resolved, model_type)
+    embed = _embedding_path(native_module(model), spec)
+    recorder, probed_with = _record_forward(model, spec, embed, resolved, model_type)
+    want, seq_first = _expectation(model, spec, embed, recorder, model_type, hidden)
+    layers: list[dict[str, Locator]] = []
+    for index, paths in enumerate(resolved):
+        layers.append(
+            _layer_locators(join(spec.layers, str(index)), index, paths, recorder, want, model_type)
+        )
+    embed_seen = recorder.seen[embed]
+    return Layout(
+        token_embeddings=Locator(
+            embed, "output", None, seq_first=seq_first, clone=embed_seen.mutated(("out", None))
+        ),
+        layers=tuple(FrozenDict(layer) for layer in layers),
+        unavailable=tuple(FrozenDict(paths.reasons) for paths in resolved),
+        modules=tuple(FrozenDict(paths.modules) for paths in resolved),
+        probed_with=probed_with,
+        embedding_width=embed_seen.output[1][-1],
+        final_norm_runs=_final_norm_runs(spec, recorder, len(resolved)),
+    )
+
+
+def _final_norm_runs(spec: ArchitectureSpec, recorder: _Recorder, n_layers: int) -> str | None:
+    """Whether the final norm runs ``"after"`` the last layer, ``"before"`` it or ``"never"``; ``None``: no norm."""
+    if spec.final_norm is None or spec.final_norm not in recorder.watched:
+        return None
+    norm = recorder.seen.get(spec.final_norm)
+    last = recorder.seen.get(join(spec.layers, str(n_layers - 1)))
+    if norm is None:
+        return "never"
+    return "after" if last is not None and norm.finished > last.finished else "before"
+
+
+def _check_paths(root: torch.nn.Module, spec: ArchitectureSpec, model_type: str) -> torch.nn.ModuleList:
+    """The decoder stack, after checking every whole-model path of the spec exists."""
+    stack = module_at(root, spec.layers)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ArchitectureError(model_type, "layers", [spec.layers], "no ModuleList at that path")
+    if module_at(root, spec.embed_tokens) is None:
+        raise ArchitectureError(model_type, "embed_tokens", [spec.embed_tokens], "no module at that path")
+    if module_at(root, spec.lm_head) is None:
+        raise ArchitectureError(model_type, "lm_head", [spec.lm_head], "no module at that path")
+    if spec.final_norm is not None and not has_path(root, spec.final_norm):
+        raise ArchitectureError(model_type, "ln_final", [spec.final_norm], "no such attribute")
+    return stack
+
+
+def _embedding_path(root: torch.nn.Module, spec: ArchitectureSpec) -> str:
+    """Where ``token_embeddings`` is read: the embedding, or the projection to the hidden size after it."""
+    if spec.embed_projection and module_at(root, spec.embed_projection) is not None:
+        return spec.embed_projection
+    return spec.embed_tokens
+
+
+def _record_forward(
+    model: Any, spec: ArchitectureSpec, embed: str, resolved: list[LayerPaths], model_type: str
+) -> tuple[_Recorder, str]:
+    """One forward with plain hooks on every value's module: under ``scan`` if it can, else a real one."""
 
     def watch_all(root: torch.nn.Module) -> _Recorder:
         recorder = _Recorder()
-        recorder.watch(spec.embed_tokens, root.get_submodule(spec.embed_tokens))
+        recorder.watch(embed, root.get_submodule(embed))
+        norm = module_at(root, spec.final_norm) if spec.final_norm else None
+        if norm is not None:
+            recorder.watch(spec.final_norm, norm)
         for index, paths in enumerate(resolved):
-            base = f"{spec.layers}.{index}"
+            base = join(spec.layers, str(index))
             for rel in paths.sites.values():
-                path = f"{base}.{rel}" if rel else base
+                path = join(base, rel)
                 recorder.watch(path, root.get_submodule(path))
         return recorder
 
-    probed_with = "scan"
-    recorder = watch_all(root)
+    recorder = watch_all(native_module(model))
     try:
-        with _quiet_fake_tensor_logs(), model.scan(_PROBE_PROMPTS):
+        with quiet_fake_tensor_logs(), model.scan(list(PROBE_PROMPTS)):
             pass
+        return recorder, "scan"
     except Exception as error:  # noqa: BLE001 - any scan failure falls back to a real forward
         logger.info(
             "uniterp: structural scan of %s failed (%s); probing with a real forward", model_type, error
         )
-        recorder.remove()
-        probed_with = "forward"
-        model.dispatch()
-        root = model._module
-        recorder = watch_all(root)
-        encoded = model.tokenizer(_PROBE_PROMPTS, return_tensors="pt", padding=True)
-        device = next(root.parameters()).device
-        try:
-            with torch.no_grad():
-                root(**{k: v.to(device) for k, v in encoded.items()})
-        except Exception as forward_error:
-            raise ArchitectureError(
-                model_type, "layers", [spec.layers], f"the probe forward pass failed: {forward_error}"
-            ) from forward_error
     finally:
         recorder.remove()
-    embed_seen = recorder.seen.get(spec.embed_tokens)
-    if embed_seen is None:
-        raise ArchitectureError(model_type, "token_embeddings", [spec.embed_tokens], "module never ran")
-    if not _is_tensor(embed_seen.output) or len(embed_seen.output[1]) != 3:
+    model.dispatch()
+    root = native_module(model)
+    recorder = watch_all(root)
+    encoded = model.tokenizer(list(PROBE_PROMPTS), return_tensors="pt", padding=True)
+    device = next(root.parameters()).device
+    try:
+        with torch.no_grad():
+            root(**{k: v.to(device) for k, v in encoded.items()})
+    except Exception as forward_error:
+        raise ArchitectureError(
+            model_type, "layers", [spec.layers], f"the probe forward pass failed: {forward_error}"
+        ) from forward_error
+    finally:
+        recorder.remove()
+    return recorder, "forward"
+
+
+def _expectation(
+    model: Any,
+    spec: ArchitectureSpec,
+    embed: str,
+    recorder: _Recorder,
+    model_type: str,
+    hidden: int | None,
+) -> tuple[_Expect, bool]:
+    """What a hidden state looks like in the probe batch, read off the embedding's output."""
+    seen = recorder.seen.get(embed)
+    if seen is None:
+        raise ArchitectureError(model_type, "token_embeddings", [embed], "module never ran")
+    if not _is_tensor(seen.output) or len(seen.output[1]) != 3:
         raise ArchitectureError(
             model_type,
             "token_embeddings",
-            [spec.embed_tokens],
-            f"output is {_describe(embed_seen.output)}, expected (batch, seq, dim)",
+            [embed],
+            f"output is {_describe(seen.output)}, expected (batch, seq, dim)",
         )
-    batch, seq = embed_seen.output[1][:2]
+    batch, seq, _width = seen.output[1]
     # a model that transposes the batch before embedding keeps (seq, batch, hidden) throughout (XLNet)
     seq_first = (seq, batch) == _probe_batch_shape(model) and batch != seq
     if seq_first:
@@ -374,81 +464,57 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
     n_streams = 1
     if spec.residual_streams:
         n_streams = int(getattr(model.text_config, spec.residual_streams, 1) or 1)
-    want = _Expect(batch, seq, hidden, n_streams, seq_first)
-    layout = Layout(
-        token_embeddings=Locator(spec.embed_tokens, "output", None, seq_first=seq_first),
-        probed_with=probed_with,
-    )
+    return _Expect(batch, seq, hidden, n_streams, seq_first), seq_first
 
-    for index, paths in enumerate(resolved):
-        base = f"{spec.layers}.{index}"
-        locators: dict[str, Locator] = {}
-        for site in LAYER_SITES:
-            if site not in paths.sites:
-                continue
-            rel, io = paths.sites[site], io_of[site]
-            path = f"{base}.{rel}" if rel else base
-            seen = recorder.seen.get(path)
-            if seen is None:
-                raise ArchitectureError(
-                    model_type, f"{site}[{index}]", [path], "the module never ran in a forward pass"
-                )
-            if seen.calls > 1:
-                raise ArchitectureError(
-                    model_type,
-                    f"{site}[{index}]",
-                    [path],
-                    f"the module ran {seen.calls} times in one forward pass",
-                )
-            if io == "input":
-                found = _find_input(seen, want)
-                if found is None:
-                    raise ArchitectureError(
-                        model_type,
-                        f"{site}[{index}]",
-                        [path],
-                        f"no argument of shape {want}; "
-                        f"saw args {_describe(seen.args)} and keywords "
-                        f"{ {k: _describe(v) for k, v in seen.kwargs.items()} }",
-                    )
-                key, kind = found
-                where = ("arg", key) if isinstance(key, int) else ("kwarg", key)
-                locators[site] = replace(_locator(path, "input", key, kind, want), clone=seen.mutated(where))
-            else:
-                found_out = _output_locator(path, seen, want)
-                if isinstance(found_out, str):
-                    raise ArchitectureError(model_type, f"{site}[{index}]", [path], found_out)
-                if seen.mutated(("out", found_out.key)):
-                    found_out = replace(found_out, clone=True)
-                locators[site] = found_out
-        if locators["layers_output"].flat or locators["layers_input"].flat:
+
+_IO_OF = {site: ("input" if site.endswith("_input") else "output") for site in LAYER_SITES}
+
+
+def _layer_locators(
+    base: str, index: int, paths: LayerPaths, recorder: _Recorder, want: _Expect, model_type: str
+) -> dict[str, Locator]:
+    """The locator of every site of one layer, from what the hooks saw."""
+    locators: dict[str, Locator] = {}
+    for site in LAYER_SITES:
+        if site not in paths.sites:
+            continue
+        path = join(base, paths.sites[site])
+        seen = recorder.seen.get(path)
+        name = f"{site}[{index}]"
+        if seen is None:
+            raise ArchitectureError(model_type, name, [path], "the module never ran in a forward pass")
+        if seen.calls > 1:
             raise ArchitectureError(
-                model_type, f"layers_output[{index}]", [base], "the decoder layer works on flattened tokens"
+                model_type, name, [path], f"the module ran {seen.calls} times in one forward pass"
             )
-        layout.layers.append(locators)
-        layout.unavailable.append(dict(paths.reasons))
-        layout.modules.append(dict(paths.modules))
-    return layout
+        locate = _input_locator if _IO_OF[site] == "input" else _output_locator
+        found = locate(path, seen, want)
+        if isinstance(found, str):
+            raise ArchitectureError(model_type, name, [path], found)
+        locators[site] = found
+    if locators["layers_output"].flat or locators["layers_input"].flat:
+        raise ArchitectureError(
+            model_type, f"layers_output[{index}]", [base], "the decoder layer works on flattened tokens"
+        )
+    return locators
+
+
+def _input_locator(path: str, seen: _Seen, want: _Expect) -> Locator | str:
+    found = _find_input(seen, want)
+    if found is None:
+        kwargs = {k: _describe(v) for k, v in seen.kwargs.items()}
+        return f"no argument of shape {want}; saw args {_describe(seen.args)} and keywords {kwargs}"
+    key, kind = found
+    where = ("arg", key) if isinstance(key, int) else ("kwarg", key)
+    return replace(_locator(path, "input", key, kind, want), clone=seen.mutated(where))
 
 
 def _probe_batch_shape(model: Any) -> tuple[int, int]:
     """``(batch, seq)`` of the probe prompts as the tokenizer pads them."""
-    return tuple(model.tokenizer(_PROBE_PROMPTS, return_tensors="pt", padding=True)["input_ids"].shape)
+    return tuple(model.tokenizer(list(PROBE_PROMPTS), return_tensors="pt", padding=True)["input_ids"].shape)
 
 
-@contextmanager
-def _quiet_fake_tensor_logs() -> Iterator[None]:
-    """Silence torch's error-level log of an op without a fake-tensor kernel (we fall back)."""
-    fake_logger = logging.getLogger("torch._subclasses.fake_tensor")
-    level = fake_logger.level
-    fake_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        fake_logger.setLevel(level)
-
-
-def _refuse_absent_everywhere(spec: ArchitectureSpec, resolved: list[Any], model_type: str) -> None:
+def _refuse_absent_everywhere(spec: ArchitectureSpec, resolved: list[LayerPaths], model_type: str) -> None:
     """A module the spec names but no layer holds means the spec is wrong: refuse."""
     for site, wanted in (
         ("attentions_input", spec.attention),
@@ -463,13 +529,3 @@ def _refuse_absent_everywhere(spec: ArchitectureSpec, resolved: list[Any], model
             continue
         tried = [f"{spec.layers}.0.{c}" for c in ((wanted,) if isinstance(wanted, str) else wanted)]
         raise ArchitectureError(model_type, f"{site}[0]", tried, "no layer holds a module at that path")
-
-
-def hasattr_path(root: torch.nn.Module, path: str) -> bool:
-    """Whether the dotted attribute ``path`` exists on ``root`` (its value may be ``None``)."""
-    obj: Any = root
-    for part in path.split("."):
-        if not hasattr(obj, part):
-            return False
-        obj = getattr(obj, part)
-    return True

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._errors import InputError, ShapeError
+from ._nnsight_compat import cache_selectable, native_module, select_cache_rows
 from ._tooling import as_prompt_list, pad_left, tokenize
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class _Patch:
 
 def _cache_kwarg(model: StandardizedTransformer) -> str | None:
     """Name of the key/value cache argument of the model's forward, if any."""
-    params = inspect.signature(model._module.forward).parameters
+    params = inspect.signature(native_module(model).forward).parameters
     for name in ("cache", "past_key_values"):
         if name in params:
             return name
@@ -111,7 +112,7 @@ def _run_rows(
             if cached:
                 encoding, cols = _suffix_encoding(model, targets, prefix, chunk_targets)
                 cache = copy.deepcopy(prefix["cache"])
-                cache.batch_select_indices(chunk_targets)  # a CPU index works on any device
+                select_cache_rows(cache, chunk_targets)
                 kwargs[prefix["cache_name"]] = cache
             else:
                 rows_ids = [targets[int(t)] for t in chunk_targets]
@@ -155,12 +156,8 @@ def _run_prefix(
             if cache is None:
                 cache = getattr(output, "past_key_values", None)
             cache = cache.save() if cache is not None else None
-    usable = (
-        cache is not None
-        and hasattr(cache, "batch_select_indices")
-        # hybrid caches hold layers (linear attention, state space) that cannot select rows
-        and all(hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", ()))
-    )
+    # hybrid caches hold layers (linear attention, state space) that cannot select rows
+    usable = cache is not None and cache_selectable(cache)
     if not usable:
         logger.debug("uniterp: %s returned no selectable cache; patching full prompts", model.model_type)
     return {
@@ -168,7 +165,7 @@ def _run_prefix(
         "cache_name": cache_name,
         "mask": encoding["attention_mask"],
         "lengths": torch.tensor([len(p) for p in prefixes]),
-        "positions": "position_ids" in inspect.signature(model._module.forward).parameters,
+        "positions": "position_ids" in inspect.signature(native_module(model).forward).parameters,
     }
 
 

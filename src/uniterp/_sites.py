@@ -2,82 +2,45 @@
 
 ``model.layers_output`` is a `LayerValues`; indexing it inside ``model.trace()``
 reads the value, assigning to an index writes it, keeping the other elements of a
-tuple output intact.
+tuple output intact. Every write is checked against the value it replaces (same
+shape; floating dtypes are cast to the model's, other dtypes refused), and a read
+the forward pass has already gone past names the standardized value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
-from ._errors import LayerIndexError, OutsideTraceError, UnavailableError
+from ._errors import InputError, LayerIndexError, OrderError, OutsideTraceError, ShapeError, UnavailableError
 from ._layout import Locator, to_native, to_standard
+from ._nnsight_compat import OutOfOrderError, in_step_loop, in_trace
 
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
 
-__all__ = ["LayerList", "LayerValues", "read_value", "refresh_envoys", "write_value"]
+__all__ = [
+    "AttentionProbabilities",
+    "LayerList",
+    "LayerValues",
+    "conform",
+    "normalize_layer",
+    "raise_order_error",
+    "read_value",
+    "write_value",
+]
+
+_FORWARD_ORDER = (
+    "inside one invoke, read and write values in the order the model computes them: layer by layer, and "
+    "within a layer layers_input, attentions_input, attentions_output, mlps_input, mlps_output, "
+    "layers_output; logits last"
+)
 
 
-def envoy_at(root: Any, path: str) -> Any:
-    """The envoy at native module ``path`` under ``root`` (an envoy).
-
-    A submodule named like a value nnsight serves on every envoy (BERT's
-    ``output``) is mounted by nnsight under a prefixed name; this follows it.
-    """
-    import inspect
-
-    from nnsight.intervention.envoy import Envoy
-
-    obj = root
-    for part in path.split(".") if path else ():
-        if not part.startswith("_") and inspect.isdatadescriptor(getattr(Envoy, part, None)):
-            part = f"{Envoy.OVERLOAD_PREFIX}{part}"
-        obj = getattr(obj, part)
-    return obj
-
-
-def refresh_envoys(root: Any) -> list[str]:
-    """Re-point envoys whose module the model has since replaced; their paths.
-
-    nnsight wraps the modules present at load. A model that swaps a submodule
-    for a new one in its forward (BigBird replaces its block-sparse attention by
-    full attention on short inputs) leaves the envoy on the old module, whose
-    values never arrive. The envoy object is kept, so paths cached elsewhere stay
-    valid.
-
-    Example::
-
-        >>> refresh_envoys(model)
-        ['model.bert.encoder.layer.0.attention.self', ...]
-    """
-    refreshed: list[str] = []
-    for name, child in list(getattr(root, "_child_map", {}).items()):
-        current = root._module._modules.get(name)
-        if current is not None and current is not child._module:
-            child._update(current)
-            refreshed.append(child.path)
-        else:
-            refreshed += refresh_envoys(child)
-    return refreshed
-
-
-def _envoy(model: StandardizedTransformer, path: str) -> Any:
-    cache = model._envoy_cache
-    envoy = cache.get(path)
-    if envoy is None:
-        envoy = envoy_at(model, path)
-        cache[path] = envoy
-    return envoy
-
-
-def in_trace() -> bool:
-    """Whether the caller runs as intervention code of an active trace."""
-    from greenlet import getcurrent
-
-    return getattr(getcurrent(), "mediator", None) is not None
+class _OrderError(OrderError, OutOfOrderError):
+    """`OrderError` that nnsight also recognises as its own ``OutOfOrderError``."""
 
 
 def outside_trace(name: str) -> OutsideTraceError:
@@ -87,45 +50,109 @@ def outside_trace(name: str) -> OutsideTraceError:
     )
 
 
+def require_trace(name: str) -> None:
+    """Raise `OutsideTraceError` unless intervention code of a trace is running."""
+    if not in_trace():
+        raise outside_trace(name)
+
+
+def raise_order_error(name: str, error: Exception) -> NoReturn:
+    """Raise the uniterp error for ``name``, requested after the forward pass went past it.
+
+    Inside a ``tracer.iter`` loop nnsight's own error is raised unchanged: that is
+    how nnsight ends a loop that asked for a step the generation did not make.
+    """
+    if in_step_loop() or isinstance(error, OrderError):
+        raise error
+    raise _OrderError(
+        f"{name} was requested after the forward pass had already run past it: {_FORWARD_ORDER}. Read it "
+        f"before the values that come after it, or in a second `tracer.invoke(...)`. ({error})"
+    ) from error
+
+
+def _native_value(model: StandardizedTransformer, name: str, loc: Locator) -> Any:
+    """The value at ``loc`` as the module sees it (before unflattening or re-layout)."""
+    envoy = model._envoy(loc.path)
+    try:
+        if loc.io == "output":
+            value = envoy.output
+            return value if loc.key is None else value[loc.key]
+        args, kwargs = envoy.inputs
+    except OutOfOrderError as error:
+        raise_order_error(name, error)
+    return args[loc.key] if isinstance(loc.key, int) else kwargs[loc.key]
+
+
 def _unflatten(model: StandardizedTransformer, value: torch.Tensor) -> torch.Tensor:
-    shape = model._batch_shape
+    shape = model._runtime.batch_shape
     if shape is None:  # pragma: no cover - the pre-hook always runs first
         raise UnavailableError(model.model_type, "flattened value", "batch shape unknown")
     return value.view(*shape, value.shape[-1])
 
 
-def read_value(model: StandardizedTransformer, loc: Locator) -> torch.Tensor:
+def read_value(model: StandardizedTransformer, name: str, loc: Locator) -> torch.Tensor:
     """Read the value at ``loc`` in the running trace, shaped ``(batch, seq, hidden)``.
 
     Values of models with several residual streams are ``(batch, seq, n_streams, hidden)``.
+    Where the model edits the value in place later, a copy is returned (and an
+    in-place edit of it is refused at the end of the layer).
     """
-    envoy = _envoy(model, loc.path)
-    if loc.io == "output":
-        value = envoy.output
-        if loc.key is not None:
-            value = value[loc.key]
-    else:
-        args, kwargs = envoy.inputs
-        value = args[loc.key] if isinstance(loc.key, int) else kwargs[loc.key]
+    value = _native_value(model, name, loc)
     if loc.flat:
         value = _unflatten(model, value)
     if loc.clone:
         value = value.clone()
+        model._runtime.watch(name, value)
     return to_standard(loc, value)
 
 
-def write_value(model: StandardizedTransformer, loc: Locator, value: torch.Tensor) -> None:
-    """Replace the value at ``loc`` in the running trace by ``value``."""
-    envoy = _envoy(model, loc.path)
-    value = to_native(loc, value)
+def conform(name: str, model_type: str, value: Any, current: torch.Tensor) -> torch.Tensor:
+    """``value`` ready to replace ``current`` (same shape; dtype and device cast), or a uniterp error.
+
+    Example::
+
+        >>> conform("layers_output[0]", "llama", torch.zeros(2, 5, 64, dtype=torch.float64), h).dtype
+        torch.float32
+    """
+    if not isinstance(value, torch.Tensor):
+        raise InputError(
+            f"{name} of {model_type} takes a tensor of shape {tuple(current.shape)}; got {type(value).__name__}"
+        )
+    if value.shape != current.shape:
+        raise ShapeError(
+            f"{name} of {model_type} has shape {tuple(current.shape)} {_dims(current)}; the tensor written "
+            f"has shape {tuple(value.shape)}. Write a tensor of exactly that shape (no broadcasting), e.g. "
+            f"`model.{name} = model.{name} + delta`."
+        )
+    if value.dtype != current.dtype:
+        if not (value.is_floating_point() and current.is_floating_point()):
+            raise ShapeError(
+                f"{name} of {model_type} holds {current.dtype}; the tensor written is {value.dtype}. "
+                "Write floating-point values (they are cast to the model's dtype)."
+            )
+        value = value.to(current.dtype)
+    return value.to(current.device)
+
+
+def _dims(value: torch.Tensor) -> str:
+    return {3: "(batch, seq, hidden)", 4: "(batch, seq, n_streams, hidden)"}.get(value.dim(), "")
+
+
+def write_value(model: StandardizedTransformer, name: str, loc: Locator, value: Any) -> None:
+    """Replace the value at ``loc`` in the running trace by ``value`` (checked by `conform`)."""
+    envoy = model._envoy(loc.path)
+    native = _native_value(model, name, loc)
+    current = to_standard(loc, _unflatten(model, native) if loc.flat else native)
+    value = to_native(loc, conform(name, model.model_type, value, current))
     if loc.flat:
         value = value.reshape(-1, value.shape[-1])
+    if loc.clone:
+        model._runtime.release(name)
     if loc.io == "output":
         if loc.key is None:
             envoy.output = value
         else:
-            current = envoy.output
-            items = list(current)
+            items = list(envoy.output)
             items[loc.key] = value
             envoy.output = tuple(items)
     else:
@@ -164,7 +191,8 @@ class LayerValues:
         ...     h = model.layers_output[5].save()          # (batch, seq, hidden)
         ...     model.layers_output[6] = model.layers_output[6] * 2
 
-    Indexing reads the value inside a trace; assignment replaces it. Negative
+    Indexing reads the value inside a trace; assignment replaces it with a tensor
+    of exactly the same shape (a floating dtype is cast to the model's). Negative
     indices count from the last layer; an index out of range raises
     `LayerIndexError` stating the valid range.
     """
@@ -175,25 +203,23 @@ class LayerValues:
 
     def _locator(self, index: Any) -> tuple[int, Locator]:
         i = normalize_layer(self._model, index, self._name)
-        layout = self._model._layout
-        loc = layout.layers[i].get(self._name)
+        binding = self._model.binding
+        loc = binding.locator(self._name, i)
         if loc is None:
             raise UnavailableError(
-                self._model.model_type, f"{self._name}[{i}]", layout.unavailable[i].get(self._name, "unknown")
+                self._model.model_type, f"{self._name}[{i}]", binding.reason(self._name, i)
             )
         return i, loc
 
     def __getitem__(self, index: int) -> torch.Tensor:
         i, loc = self._locator(index)
-        if not in_trace():
-            raise outside_trace(f"{self._name}[{i}]")
-        return read_value(self._model, loc)
+        require_trace(f"{self._name}[{i}]")
+        return read_value(self._model, f"{self._name}[{i}]", loc)
 
     def __setitem__(self, index: int, value: torch.Tensor) -> None:
         i, loc = self._locator(index)
-        if not in_trace():
-            raise outside_trace(f"{self._name}[{i}]")
-        write_value(self._model, loc, value)
+        require_trace(f"{self._name}[{i}]")
+        write_value(self._model, f"{self._name}[{i}]", loc, value)
 
     def __len__(self) -> int:
         return self._model.num_layers
@@ -205,7 +231,7 @@ class LayerValues:
     def available(self, index: int) -> bool:
         """Whether this value exists at layer ``index`` (e.g. attention on a hybrid)."""
         i = normalize_layer(self._model, index, self._name)
-        return self._name in self._model._layout.layers[i]
+        return self._model.binding.locator(self._name, i) is not None
 
     def __repr__(self) -> str:
         return f"<{self._name}: {len(self)} layers of {self._model.model_type}>"
@@ -232,17 +258,21 @@ class AttentionProbabilities:
         from ._attention import read_probabilities
 
         i = normalize_layer(self._model, index, "attention_probabilities")
-        if not in_trace():
-            raise outside_trace(f"attention_probabilities[{i}]")
-        return read_probabilities(self._model, i)
+        require_trace(f"attention_probabilities[{i}]")
+        try:
+            return read_probabilities(self._model, i)
+        except OutOfOrderError as error:
+            raise_order_error(f"attention_probabilities[{i}]", error)
 
     def __setitem__(self, index: int, value: torch.Tensor) -> None:
         from ._attention import write_probabilities
 
         i = normalize_layer(self._model, index, "attention_probabilities")
-        if not in_trace():
-            raise outside_trace(f"attention_probabilities[{i}]")
-        write_probabilities(self._model, i, value)
+        require_trace(f"attention_probabilities[{i}]")
+        try:
+            write_probabilities(self._model, i, value)
+        except OutOfOrderError as error:
+            raise_order_error(f"attention_probabilities[{i}]", error)
 
     def __len__(self) -> int:
         return self._model.num_layers
@@ -250,7 +280,7 @@ class AttentionProbabilities:
     def available(self, index: int) -> bool:
         """Whether layer ``index`` has verified attention probabilities."""
         i = normalize_layer(self._model, index, "attention_probabilities")
-        entries = self._model._attention_probs
+        entries = self._model.binding.attention
         return entries is not None and not isinstance(entries[i], str)
 
 
@@ -281,4 +311,6 @@ class LayerList:
             yield self._stack[i]
 
     def __repr__(self) -> str:
-        return f"<layers: {len(self)} x {type(self._stack[0]._module).__name__}>"
+        from ._nnsight_compat import native_module
+
+        return f"<layers: {len(self)} x {type(native_module(self._stack[0])).__name__}>"

@@ -9,13 +9,16 @@ are relative to one decoder layer.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import torch
 
-__all__ = ["ArchitectureSpec", "BlockLayout", "LayerPaths"]
+from ._errors import InputError
+from ._paths import module_at
+from ._rules import ATTENTION_CLASS, MLP_CLASS, NOT_ATTENTION, NOT_MLP
+
+__all__ = ["ArchitectureSpec", "BlockLayout", "ConfigSwitch", "LayerPaths"]
 
 #: How a decoder block combines its parts.
 #:
@@ -26,26 +29,6 @@ __all__ = ["ArchitectureSpec", "BlockLayout", "LayerPaths"]
 #: - ``"post_norm"``: the residual stream is normalised after each add (OPT-350m).
 #: - ``"unknown"``: discovered automatically; no additive identity is assumed.
 BlockLayout = Literal["sequential", "parallel", "sandwich", "post_norm", "unknown"]
-
-
-#: Class-name fragments of token mixers that are not softmax attention (linear
-#: attention, state-space and recurrent mixers, convolutions); matched case-insensitively.
-NOT_ATTENTION: tuple[str, ...] = (
-    "delta",
-    "linear",
-    "lightning",
-    "mamba",
-    "ssm",
-    "conv",
-    "recurren",
-    "rwkv",
-    "lstm",
-)
-#: Class-name fragments of modules that are not an MLP (token mixers).
-NOT_MLP: tuple[str, ...] = ("mamba", "ssm", "conv", "recurren", "delta")
-
-_ATTENTION_LIKE = re.compile(r"attention|attn", re.IGNORECASE)
-_MLP_LIKE = re.compile(r"mlp|moe|feedforward|ffn|expert", re.IGNORECASE)
 
 
 def is_attention_class(name: str, excluded: tuple[str, ...] = NOT_ATTENTION) -> bool:
@@ -59,7 +42,7 @@ def is_attention_class(name: str, excluded: tuple[str, ...] = NOT_ATTENTION) -> 
     lower = name.lower()
     if any(x in lower for x in excluded):
         return False
-    return bool(_ATTENTION_LIKE.search(name)) or not _MLP_LIKE.search(name)
+    return bool(ATTENTION_CLASS.search(name)) or not MLP_CLASS.search(name)
 
 
 def is_mlp_class(name: str, excluded: tuple[str, ...] = NOT_MLP) -> bool:
@@ -70,11 +53,42 @@ def is_mlp_class(name: str, excluded: tuple[str, ...] = NOT_MLP) -> bool:
         >>> is_mlp_class("MixtralSparseMoeBlock"), is_mlp_class("NemotronHAttention")
         (True, False)
     """
-    if _ATTENTION_LIKE.search(name):
+    if ATTENTION_CLASS.search(name):
         return False
-    if _MLP_LIKE.search(name):
+    if MLP_CLASS.search(name):
         return True
     return not any(x in name.lower() for x in excluded)
+
+
+@dataclass(frozen=True)
+class ConfigSwitch:
+    """A block layout that depends on one boolean config key: data, not code.
+
+    Example::
+
+        >>> switch = ConfigSwitch("use_parallel_residual", "parallel", "sequential", default=True)
+        >>> switch.resolve(config)              # "parallel" unless the config says False
+        'parallel'
+
+    Attributes:
+        key: The config attribute read.
+        if_true: The layout (or another switch) when it is true.
+        if_false: The layout (or another switch) when it is false.
+        default: The value assumed when the config has no such attribute.
+    """
+
+    key: str
+    if_true: BlockLayout | ConfigSwitch
+    if_false: BlockLayout | ConfigSwitch
+    default: bool = False
+
+    def resolve(self, config: Any) -> BlockLayout:
+        """The layout this switch gives for ``config``."""
+        chosen = self.if_true if bool(getattr(config, self.key, self.default)) else self.if_false
+        return chosen.resolve(config) if isinstance(chosen, ConfigSwitch) else chosen
+
+
+_LAYOUTS = ("sequential", "parallel", "sandwich", "post_norm", "unknown")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,11 @@ class ArchitectureSpec:
 
     Attributes:
         embed_tokens: Token-embedding module (relative to the ``*ForCausalLM``).
+        embed_projection: A module that projects the token embeddings to the
+            hidden size before the first layer (OPT's ``project_in`` when
+            ``word_embed_proj_dim != hidden_size``); ``token_embeddings`` is then
+            its output, so it is ``(batch, seq, hidden)`` like everywhere else.
+            Skipped where the model holds ``None``.
         layers: The ``ModuleList`` of decoder blocks.
         final_norm: The norm applied after the last block, or ``None`` when the
             model has none (``project_on_vocab`` then skips it).
@@ -117,8 +136,8 @@ class ArchitectureSpec:
         mlp_output: Module whose output is the MLP contribution, if not ``mlp``.
         pre_unembed: Extra modules applied, in order, between ``final_norm`` and
             ``lm_head`` (OPT's ``project_out``); skipped where the model holds ``None``.
-        block: The block layout (see `BlockLayout`), or a function of the config
-            returning one.
+        block: The block layout (see `BlockLayout`), or a `ConfigSwitch` choosing
+            one from the config.
         residual_multiplier: Config key of a factor applied to each sub-block
             output before the residual add (Granite).
         logit_scale: Config key of a factor multiplied into the logits (Cohere).
@@ -143,6 +162,7 @@ class ArchitectureSpec:
     layers: str
     final_norm: str | None
     lm_head: str = "lm_head"
+    embed_projection: str | None = None
     attention: str | tuple[str, ...] | None = "self_attn"
     mlp: str | tuple[str, ...] | None = "mlp"
     attention_types: tuple[str, ...] = ()
@@ -154,7 +174,7 @@ class ArchitectureSpec:
     mlp_input: str | None = None
     mlp_output: str | None = None
     pre_unembed: tuple[str, ...] = ()
-    block: BlockLayout | Any = "sequential"
+    block: BlockLayout | ConfigSwitch = "sequential"
     residual_multiplier: str | None = None
     logit_scale: str | None = None
     logit_divisor: str | None = None
@@ -164,6 +184,12 @@ class ArchitectureSpec:
     lens_unavailable: str | None = None
     config_keys: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block, ConfigSwitch) and self.block not in _LAYOUTS:
+            raise InputError(
+                f"ArchitectureSpec.block must be one of {_LAYOUTS} or a ConfigSwitch; got {self.block!r}"
+            )
 
     def with_(self, **changes: Any) -> ArchitectureSpec:
         """A copy with some fields changed.
@@ -175,8 +201,24 @@ class ArchitectureSpec:
         return replace(self, **changes)
 
     def block_layout(self, config: Any) -> BlockLayout:
-        """The block layout for ``config`` (resolves a callable ``block``)."""
-        return self.block(config) if callable(self.block) else self.block
+        """The block layout for ``config`` (resolves a `ConfigSwitch`)."""
+        return self.block.resolve(config) if isinstance(self.block, ConfigSwitch) else self.block
+
+    def to_source(self) -> str:
+        """This spec as a Python expression (fields that differ from the defaults), for generated tables.
+
+        Example::
+
+            >>> ArchitectureSpec("model.embed", "model.layers", "model.norm").to_source()
+            "ArchitectureSpec(embed_tokens='model.embed', layers='model.layers', final_norm='model.norm')"
+        """
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            if f.name in ("embed_tokens", "layers", "final_norm") or value != default:
+                parts.append(f"{f.name}={value!r}")
+        return f"ArchitectureSpec({', '.join(parts)})"
 
     def resolve_layer(self, block: torch.nn.Module) -> LayerPaths:
         """Where each per-layer value of ``block`` comes from.
@@ -259,11 +301,7 @@ def _candidates(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 def _exists(block: torch.nn.Module, path: str) -> bool:
-    try:
-        block.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
+    return module_at(block, path) is not None
 
 
 def _pick(
@@ -273,9 +311,8 @@ def _pick(
     accept: Any,
 ) -> str | None:
     for candidate in _candidates(wanted):
-        try:
-            module = block.get_submodule(candidate)
-        except AttributeError:
+        module = module_at(block, candidate)
+        if module is None:
             continue
         kind = type(module).__name__
         if types and not any(t in kind for t in types):

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._layout import LAYER_SITES
+from ._nnsight_compat import native_module
+from ._paths import module_at
 
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
@@ -59,6 +61,7 @@ class SupportReport:
     num_layers: int
     block: str
     values: list[ValueSupport]
+    notes: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> ValueSupport:
         for value in self.values:
@@ -72,6 +75,7 @@ class SupportReport:
             "model_type": self.model_type,
             "num_layers": self.num_layers,
             "block": self.block,
+            "notes": list(self.notes),
             "values": {
                 v.name: {
                     "available": v.available,
@@ -101,6 +105,7 @@ class SupportReport:
                 lines.append(f"  {'':<{width}}    layers {_ranges(layers)}: {reason}")
             if v.reason:
                 lines.append(f"  {'':<{width}}    {v.reason}")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -119,32 +124,23 @@ def _ranges(indices: Any) -> str:
 
 
 def support_report(model: StandardizedTransformer) -> SupportReport:
-    """Build the `SupportReport` of ``model`` from its load-time layout.
+    """Build the `SupportReport` of ``model`` from its binding.
 
     Example::
 
         >>> print(support_report(model))
     """
-    layout = model._ensure_layout()
-    n = model.num_layers
-    values: list[ValueSupport] = []
-    for name in _GLOBAL_VALUES[:1]:
-        values.append(ValueSupport(name, per_layer=False))
+    binding = model.binding
+    layout, n = binding.layout, model.num_layers
+    values: list[ValueSupport] = [ValueSupport("token_embeddings", per_layer=False)]
     for site in LAYER_SITES:
         layers = tuple(i for i in range(n) if site in layout.layers[i])
-        missing = {i: layout.unavailable[i].get(site, "not located") for i in range(n) if i not in layers}
+        missing = {i: binding.reason(site, i) for i in range(n) if i not in layers}
         values.append(ValueSupport(site, per_layer=True, layers=layers, unavailable=missing))
-    if not model._enable_attention_probs:
-        values.append(
-            ValueSupport(
-                "attention_probabilities",
-                per_layer=True,
-                reason="off by default; load with enable_attention_probs=True (switches to eager attention)",
-            )
-        )
+    if binding.attention is None:
+        values.append(ValueSupport("attention_probabilities", per_layer=True, reason=PROBS_OFF))
     else:
-        model._ensure_attention_probs()
-        entries = model._attention_probs or []
+        entries = binding.attention
         layers = tuple(i for i, e in enumerate(entries) if not isinstance(e, str))
         missing = {i: e for i, e in enumerate(entries) if isinstance(e, str)}
         values.append(
@@ -152,8 +148,24 @@ def support_report(model: StandardizedTransformer) -> SupportReport:
         )
     for name in _GLOBAL_VALUES[1:]:
         values.append(ValueSupport(name, per_layer=False))
-    values.append(ValueSupport("project_on_vocab", per_layer=False, reason=model.lens_unavailable or ""))
-    return SupportReport(model.model_type, n, str(model.spec.block_layout(model.text_config)), values)
+    values.append(ValueSupport("project_on_vocab", per_layer=False, reason=binding.lens_unavailable or ""))
+    notes = [binding.describe()]
+    hidden = binding.sizes.hidden_size
+    if layout.embedding_width is not None and hidden is not None and layout.embedding_width != hidden:
+        notes.append(
+            f"token_embeddings is (batch, seq, {layout.embedding_width}): the embedding is narrower than "
+            f"hidden_size={hidden} and the model projects it only after adding other embeddings"
+        )
+    if layout.token_embeddings.path != binding.spec.embed_tokens:
+        notes.append(
+            f"token_embeddings is the output of {layout.token_embeddings.path} (the projection of "
+            f"{binding.spec.embed_tokens} to the hidden size)"
+        )
+    return SupportReport(model.model_type, n, str(binding.block), values, notes)
+
+
+#: Why attention probabilities are not offered when they were not asked for.
+PROBS_OFF = "off by default; load with enable_attention_probs=True (switches to eager attention)"
 
 
 def describe_tree(self: StandardizedTransformer) -> str:
@@ -161,8 +173,8 @@ def describe_tree(self: StandardizedTransformer) -> str:
     from ._errors import UniterpError
 
     try:
-        layers = self._native(self._spec.layers)
-        first = layers[0]._module if layers is not None else None
+        spec = self.spec
+        blocks = [native_module(b) for b in self.layers]
         sizes = [f"{self.num_layers} layers"]
         for label, getter in (("hidden", "hidden_size"), ("heads", "num_heads"), ("kv", "num_kv_heads")):
             try:
@@ -170,33 +182,33 @@ def describe_tree(self: StandardizedTransformer) -> str:
             except UniterpError:
                 pass
         sizes.append(f"vocab {self.vocab_size}")
-        lines = [f"StandardizedTransformer({self._model_type}: {', '.join(sizes)})"]
+        lines = [f"StandardizedTransformer({self.model_type}: {', '.join(sizes)})"]
+        root = native_module(self)
 
-        def row(name: str, path: str | None, module: Any) -> str:
+        def row(name: str, path: str | None) -> str:
+            module = module_at(root, path) if path else None
             kind = type(module).__name__ if module is not None else "absent"
             return f"  {name:<16} {path or '-':<34} {kind}"
 
-        spec = self._spec
-        lines.append(row("embed_tokens", spec.embed_tokens, self._native(spec.embed_tokens)._module))
-        lines.append(row(f"layers[0..{self.num_layers - 1}]", spec.layers, first))
-        blocks = [b._module for b in self._layer_list]
+        lines.append(row("embed_tokens", spec.embed_tokens))
+        lines.append(row(f"layers[0..{self.num_layers - 1}]", spec.layers))
         for std in ("self_attn", "mlp"):
             groups: dict[tuple[str, str], list[int]] = {}
             for i, block in enumerate(blocks):
-                rel = spec.resolve_layer(block).modules.get(std)
+                rel = self.binding.layout.modules[i].get(std)
                 kind = type(block.get_submodule(rel)).__name__ if rel else "absent"
                 groups.setdefault((rel or "-", kind), []).append(i)
             for (rel, kind), idx in groups.items():
                 where = "" if len(groups) == 1 else f"  (layers {_ranges(idx)})"
                 lines.append(f"    {std:<14} {rel:<34} {kind}{where}")
-        norm = self._native(spec.final_norm) if spec.final_norm else None
-        lines.append(row("ln_final", spec.final_norm, norm._module if norm is not None else None))
-        lines.append(row("lm_head", spec.lm_head, self._native(spec.lm_head)._module))
+        lines.append(row("ln_final", spec.final_norm))
+        lines.append(row("lm_head", spec.lm_head))
         lines.append(
             "  values: token_embeddings, "
             + ", ".join(LAYER_SITES)
             + ", logits, next_token_probs, input_ids, attention_mask"
         )
+        lines.append(f"  bound by {self.binding.describe()}")
         return "\n".join(lines)
     except Exception:  # noqa: BLE001 - a repr must never raise
         return f"StandardizedTransformer({getattr(self, '_model_type', '?')})"

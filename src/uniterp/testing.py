@@ -20,7 +20,7 @@ from typing import Any
 
 from ._tiny_configs import SMALL as _SMALL
 
-__all__ = ["TINY_FAMILIES", "build_tiny_tokenizer", "tiny_config", "tiny_model_path"]
+__all__ = ["TINY_FAMILIES", "build_tiny_tokenizer", "perturb_norms", "tiny_config", "tiny_model_path"]
 
 #: The families the test-suite exercises (one tiny model each).
 TINY_FAMILIES: tuple[str, ...] = (
@@ -53,7 +53,7 @@ TINY_FAMILIES: tuple[str, ...] = (
 )
 
 _SPECIAL = "<|endoftext|>"
-_TOKENIZER_VERSION = 2  # bump to rebuild cached tiny models
+_BUILD_VERSION = 3  # bump to rebuild cached tiny models
 _CORPUS = (
     "The Eiffel Tower is in the city of Paris.",
     "The capital of France is Paris. The capital of Japan is Tokyo.",
@@ -159,6 +159,34 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
         hf_logging.set_verbosity(verbosity)
 
 
+def perturb_norms(model: Any) -> None:
+    """Give every norm non-trivial random weights and biases, in place.
+
+    A freshly initialised norm has unit weights and zero biases, and such a norm is
+    nearly idempotent on states that are already normalised: a check that applies
+    the wrong norm, or one norm too many, would pass. Tiny models are built with
+    perturbed norms so that every comparison is discriminating.
+
+    Example::
+
+        >>> model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+        >>> perturb_norms(model)
+    """
+    import torch
+
+    from ._rules import NORM_CLASS
+
+    with torch.no_grad():
+        for module in model.modules():
+            if not NORM_CLASS.search(type(module).__name__):
+                continue
+            for name, param in module.named_parameters(recurse=False):
+                if not param.is_floating_point() or param.device.type == "meta":
+                    continue
+                scale = 0.5 if name.startswith("weight") else 0.1
+                param.add_(torch.empty_like(param).uniform_(-scale, scale))
+
+
 def _cache_root() -> Path:
     root = os.environ.get("UNITERP_TINY_CACHE")
     return Path(root) if root else Path(tempfile.gettempdir()) / "uniterp-tiny-models"
@@ -200,9 +228,11 @@ def tiny_model_path(
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from ._loading import quiet_progress
+
     config = tiny_config(model_type, **overrides)
     # keyed by the resolved config, so a change to the tiny-config data rebuilds
-    key = hashlib.sha1(repr((config.to_json_string(), seed, str(dtype), _TOKENIZER_VERSION)).encode())
+    key = hashlib.sha1(repr((config.to_json_string(), seed, str(dtype), _BUILD_VERSION)).encode())
     folder = (
         Path(directory) if directory is not None else _cache_root() / (f"{model_type}-{key.hexdigest()[:12]}")
     )
@@ -213,10 +243,12 @@ def tiny_model_path(
     hf_logging.set_verbosity_error()
     try:
         model = AutoModelForCausalLM.from_config(config)
+        perturb_norms(model)
         if dtype is not None:
             model = model.to(dtype)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.exists() else None))
-        model.save_pretrained(tmp)
+        with quiet_progress():
+            model.save_pretrained(tmp)
         if model.config is not config:  # a causal LM that keeps only a sub-config (Mllama, Emu3)
             config.save_pretrained(tmp)
         build_tiny_tokenizer().save_pretrained(tmp)

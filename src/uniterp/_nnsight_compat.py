@@ -1,0 +1,209 @@
+"""Every use of a private nnsight, torch or transformers internal, in one place.
+
+uniterp otherwise uses public APIs only. Each function below names the internal it
+relies on; all were checked on the versions in `CHECKED_ON`, and
+``tests/test_nnsight_compat.py`` exercises every one of them on a tiny model, so an
+upgrade that changes one fails loudly there instead of silently elsewhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKED_ON",
+    "OutOfOrderError",
+    "cache_selectable",
+    "child_envoy",
+    "current_mediator",
+    "envoy_at",
+    "in_step_loop",
+    "in_trace",
+    "invoke_rows",
+    "native_module",
+    "op_base",
+    "quiet_fake_tensor_logs",
+    "refresh_envoys",
+    "select_cache_rows",
+    "source_names",
+    "source_op",
+    "tensor_version",
+]
+
+#: The versions every internal below was checked against.
+CHECKED_ON = {"nnsight": "0.8.1", "torch": "2.13.0", "transformers": "5.24.0"}
+
+# nnsight 0.8.1: raised into an intervention that asks for a value the forward
+# already ran past (and, by design, to end a generation loop that asked for a step
+# the run did not make). uniterp's `OrderError` derives from it so that nnsight's
+# own handling of the latter keeps working.
+from nnsight.intervention.interleaver import OutOfOrderError  # noqa: E402
+
+
+def native_module(envoy: Any) -> torch.nn.Module:
+    """The torch module an nnsight envoy (or the model itself) wraps (``Envoy._module``)."""
+    return envoy._module
+
+
+def child_envoy(envoy: Any, name: str) -> Any:
+    """The child envoy ``name`` of ``envoy``.
+
+    nnsight mounts a submodule whose name collides with a value every envoy serves
+    (BERT's ``output``) under ``Envoy.OVERLOAD_PREFIX + name``.
+    """
+    from nnsight.intervention.envoy import Envoy
+
+    if not name.startswith("_") and inspect.isdatadescriptor(getattr(Envoy, name, None)):
+        name = f"{Envoy.OVERLOAD_PREFIX}{name}"
+    return getattr(envoy, name)
+
+
+def envoy_at(root: Any, path: str) -> Any:
+    """The envoy at native module ``path`` (dotted, ``""`` for ``root`` itself) under ``root``.
+
+    Example::
+
+        >>> envoy_at(model, "model.layers.0.self_attn")
+    """
+    envoy = root
+    for part in path.split(".") if path else ():
+        envoy = child_envoy(envoy, part)
+    return envoy
+
+
+def refresh_envoys(root: Any) -> list[str]:
+    """Re-point envoys whose module the model has since replaced; their paths.
+
+    nnsight wraps the modules present at load. A model that swaps a submodule for a
+    new one in its forward (BigBird replaces its block-sparse attention by full
+    attention on short inputs) leaves the envoy on the old module, whose values
+    never arrive. Uses ``Envoy._child_map`` and ``Envoy._update``; the envoy objects
+    are kept, so paths cached elsewhere stay valid.
+    """
+    refreshed: list[str] = []
+    for name, child in list(getattr(root, "_child_map", {}).items()):
+        current = root._module._modules.get(name)
+        if current is not None and current is not child._module:
+            child._update(current)
+            refreshed.append(child.path)
+        else:
+            refreshed += refresh_envoys(child)
+    return refreshed
+
+
+def current_mediator() -> Any | None:
+    """The nnsight mediator of the running intervention code, or ``None`` outside one.
+
+    nnsight 0.8 runs intervention code in a greenlet holding a weak reference to
+    its mediator as ``.mediator``.
+    """
+    from greenlet import getcurrent
+
+    ref = getattr(getcurrent(), "mediator", None)
+    return ref() if ref is not None else None
+
+
+def in_trace() -> bool:
+    """Whether the caller runs as intervention code of an active trace."""
+    from greenlet import getcurrent
+
+    return getattr(getcurrent(), "mediator", None) is not None
+
+
+def in_step_loop() -> bool:
+    """Whether the running intervention is pinned to a step of a ``tracer.iter`` loop.
+
+    nnsight ends such a loop that outran the generation by throwing
+    ``OutOfOrderError`` into it and recognises the very same object coming back
+    (``mediator.iteration`` is 0 outside a loop); it must not be replaced there.
+    """
+    mediator = current_mediator()
+    return mediator is not None and getattr(mediator, "iteration", 0) != 0
+
+
+def invoke_rows(leading: int, per_row: int = 1) -> tuple[int, int] | None:
+    """This invoke's rows ``[start, stop)`` of a tensor shared whole by several invokes.
+
+    nnsight narrows tensors whose leading dimension is the batch to each invoke's
+    rows, but a tensor whose leading dimension is ``batch * per_row`` (bmm-style
+    attention weights) or one captured outside nnsight reaches every invoke whole.
+    Uses ``mediator.batch_group`` and ``interleaver.batcher`` (``.batching``,
+    ``.total``). ``None`` when there is nothing to narrow.
+    """
+    mediator = current_mediator()
+    group = getattr(mediator, "batch_group", None)
+    batcher = getattr(getattr(mediator, "interleaver", None), "batcher", None)
+    if group is None or batcher is None or not batcher.batching:
+        return None
+    if leading != batcher.total * per_row:
+        return None  # narrowed already, or not batched
+    start, size = group
+    return start * per_row, (start + size) * per_row
+
+
+_LABEL = re.compile(r"^(?P<base>.+)_(?P<index>\d+)$")
+
+
+def op_base(label: str) -> str:
+    """The operation name of a ``.source`` label without its counter: ``"nn_functional_softmax_0"`` ->
+    ``"nn_functional_softmax"``.
+
+    nnsight 0.8 labels each call ``{dotted name joined by _}_{n}`` and each
+    assignment ``{target}_{n}``; the counter is not stable across versions, so
+    uniterp matches operations by their base name and never hard-codes a label.
+    """
+    match = _LABEL.match(label)
+    return match.group("base") if match else label
+
+
+def source_names(envoy: Any) -> tuple[str, ...]:
+    """The operation labels of the module's ``forward``, in source order (``envoy.source.names``)."""
+    return tuple(envoy.source.names)
+
+
+def source_op(envoy: Any, path: tuple[str, ...]) -> Any:
+    """The operation at ``path`` (labels, drilling into called functions) of ``envoy.source``."""
+    source = envoy.source
+    for name in path[:-1]:
+        source = getattr(source, name).source
+    return getattr(source, path[-1])
+
+
+@contextmanager
+def quiet_fake_tensor_logs() -> Iterator[None]:
+    """Silence torch's error-level log of an op without a fake-tensor kernel (``torch._subclasses.fake_tensor``)."""
+    fake_logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_logger.level
+    fake_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        fake_logger.setLevel(level)
+
+
+def tensor_version(tensor: torch.Tensor) -> int:
+    """torch's in-place modification counter of ``tensor`` (``Tensor._version``)."""
+    return tensor._version
+
+
+def cache_selectable(cache: Any) -> bool:
+    """Whether a transformers cache can keep a subset of its batch rows.
+
+    transformers 5 caches select rows with ``batch_select_indices``; a hybrid
+    cache holds layers (linear attention, state space) that may not.
+    """
+    return hasattr(cache, "batch_select_indices") and all(
+        hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", ())
+    )
+
+
+def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
+    """Keep only batch ``rows`` of ``cache``, in place (a CPU index works on any device)."""
+    cache.batch_select_indices(rows)

@@ -1,0 +1,150 @@
+"""Every vocabulary uniterp matches against, in one place: data, no logic.
+
+Module and class names, config keys, block shapes and operation names that
+architectures use for the same thing. Discovery, the spec resolver, the probe,
+attention location and the size reader all read them from here, so supporting a
+new naming convention is a change to one table.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = [
+    "ATTENTION_CHILD_NAMES",
+    "ATTENTION_CLASS",
+    "BLOCK_PATTERNS",
+    "CONTEXT_KEYS",
+    "LAYER_COUNT_KEYS",
+    "LOGIT_KEYS",
+    "MLP_CHILD_NAMES",
+    "MLP_CLASS",
+    "NORM_CLASS",
+    "NOT_ATTENTION",
+    "NOT_MLP",
+    "POSITION_EMBEDDING_NAMES",
+    "PROBE_PROMPT",
+    "PROBE_PROMPTS",
+    "SIZE_KEYS",
+    "STREAM_KEYS",
+    "STREAM_READOUT",
+]
+
+# -- probe inputs --------------------------------------------------------------------------
+
+#: The two prompts (different lengths, so one is left-padded) every load-time probe and
+#: ``check()`` run on.
+PROBE_PROMPTS: tuple[str, ...] = ("The Eiffel Tower is in the city of", "hello world")
+#: One short prompt for single-row probes (locating attention operations).
+PROBE_PROMPT = "The Eiffel Tower is in"
+
+# -- module classes ------------------------------------------------------------------------
+
+#: Class-name fragments of token mixers that are not softmax attention (linear
+#: attention, state-space and recurrent mixers, convolutions); matched case-insensitively.
+NOT_ATTENTION: tuple[str, ...] = (
+    "delta",
+    "linear",
+    "lightning",
+    "mamba",
+    "ssm",
+    "conv",
+    "recurren",
+    "rwkv",
+    "lstm",
+)
+#: Class-name fragments of modules that are not an MLP (token mixers).
+NOT_MLP: tuple[str, ...] = ("mamba", "ssm", "conv", "recurren", "delta")
+
+#: A class name that looks like attention / like an MLP / like a norm.
+ATTENTION_CLASS = re.compile(r"attention|attn", re.IGNORECASE)
+MLP_CLASS = re.compile(r"mlp|moe|feedforward|ffn|expert", re.IGNORECASE)
+NORM_CLASS = re.compile(r"norm", re.IGNORECASE)
+
+# -- module names ----------------------------------------------------------------------------
+
+#: Names a block gives its token mixer / its MLP, most specific first.
+ATTENTION_CHILD_NAMES: tuple[str, ...] = (
+    "self_attn",
+    "attn",
+    "attention",
+    "self_attention",
+    "temporal_block",
+    "mixer",
+)
+MLP_CHILD_NAMES: tuple[str, ...] = (
+    "mlp",
+    "feed_forward",
+    "ffn",
+    "block_sparse_moe",
+    "mlp_block",
+    "moe",
+    "ff",
+)
+
+#: Names of the module that merges several residual streams after the last layer.
+STREAM_READOUT = re.compile(r"^(hc_head|hyper_connection_mixer|stream_readout)$")
+
+#: Names of learned absolute-position embedding tables (a hard context limit).
+POSITION_EMBEDDING_NAMES = re.compile(r"(^|\.)(wpe|embed_positions|position_embeddings|pos_emb)$")
+
+#: Block shapes that need more than two module names: required children -> spec fields.
+BLOCK_PATTERNS: tuple[tuple[frozenset[str], dict[str, Any]], ...] = (
+    # BERT-style post-norm encoder blocks used as decoders: the attention and the
+    # MLP output modules add the residual and normalise inside; their
+    # contributions are the dense projections.
+    (
+        frozenset({"attention", "intermediate", "output"}),
+        dict(
+            attention="attention",
+            attention_output="attention.output.dense",
+            mlp=None,
+            mlp_input="intermediate",
+            mlp_output="output.dense",
+            block="post_norm",
+        ),
+    ),
+    # fairseq-style decoder blocks (BART, Marian, Pegasus, XGLM, BioGPT, ...): no MLP module.
+    (
+        frozenset({"self_attn", "fc1", "fc2"}),
+        dict(attention="self_attn", mlp=None, mlp_input="fc1", mlp_output="fc2"),
+    ),
+)
+
+# -- config keys ----------------------------------------------------------------------------
+
+#: Config keys of each size, first match wins (after a spec's own ``config_keys``).
+SIZE_KEYS: dict[str, tuple[str, ...]] = {
+    "hidden_size": ("hidden_size", "n_embd", "d_model"),
+    "num_heads": ("num_attention_heads", "n_head"),
+    "num_kv_heads": ("num_key_value_heads", "num_kv_heads"),
+    "head_dim": ("head_dim",),
+}
+#: Config keys of the number of decoder layers.
+LAYER_COUNT_KEYS: tuple[str, ...] = ("num_hidden_layers", "decoder_layers", "n_layer", "num_layers")
+#: Config keys of the longest input a model with learned positions accepts.
+CONTEXT_KEYS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
+#: Config keys of logit post-processing, by the spec field that applies them.
+LOGIT_KEYS: dict[str, tuple[str, ...]] = {
+    "logit_softcap": ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap"),
+    "logit_scale": ("logit_scale",),
+    "logit_divisor": ("logits_scaling", "logits_mup_width_multiplier"),
+}
+#: Config keys giving the number of parallel residual streams per token (hyper-connections, AltUp).
+STREAM_KEYS: tuple[str, ...] = ("hc_mult", "hc_count", "altup_num_inputs")
+
+# -- operations inside an attention forward (matched on `.source` base names) -----------------
+
+#: The softmax that makes attention probabilities.
+SOFTMAX_OP = re.compile(r"(^|_)softmax$")
+#: The dropout applied to them before they meet the values.
+DROPOUT_OP = re.compile(r"dropout$")
+#: A cast back to the model's dtype right after a float32 softmax.
+CAST_OP = re.compile(r"^(to|type_as|float|half|bfloat16)$")
+#: Where the probabilities meet the values (ends the search for the dropout).
+APPLY_OP = re.compile(r"(^|_)(matmul|bmm|baddbmm|einsum)$")
+#: Operations or submodules worth drilling into to find the softmax.
+DRILL = re.compile(r"attention|attn|sdpa|eager", re.IGNORECASE)
+#: How many operations after the softmax its dropout may sit (assignments count as operations).
+DROPOUT_WINDOW = 10

@@ -1,0 +1,138 @@
+"""Every private internal uniterp relies on (``uniterp._nnsight_compat``), exercised directly.
+
+When an nnsight, torch or transformers upgrade changes one of them, the test for it
+fails here, naming the internal, instead of a tool failing somewhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+
+from uniterp import OrderError, StandardizedTransformer
+from uniterp import _nnsight_compat as compat
+from uniterp.testing import tiny_model_path
+
+from conftest import PROMPTS, load_tiny
+
+
+def test_native_module_and_envoy_paths() -> None:
+    model = load_tiny("llama")
+    envoy = compat.envoy_at(model, "model.layers.1.self_attn")
+    module = compat.native_module(envoy)
+    assert module is compat.native_module(model).model.layers[1].self_attn
+    assert compat.envoy_at(model, "") is model
+
+
+def test_child_named_like_an_envoy_value_is_mounted_under_the_prefix() -> None:
+    # BERT blocks hold a submodule named `output`, which every envoy serves as a value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = StandardizedTransformer(tiny_model_path("bert"))
+    envoy = compat.envoy_at(model, "bert.encoder.layer.0.output")
+    assert type(compat.native_module(envoy)).__name__ == "BertOutput"
+
+
+def test_refresh_envoys_follows_a_replaced_module() -> None:
+    model = StandardizedTransformer(tiny_model_path("gpt2"))
+    model.dispatch()
+    root = compat.native_module(model)
+    old = root.transformer.h[0].mlp
+    new = type(old)(old.c_fc.nf, model.text_config)
+    root.transformer.h[0].mlp = new
+    refreshed = compat.refresh_envoys(model)
+    assert refreshed == ["model.transformer.h.0.mlp"]
+    assert compat.native_module(compat.envoy_at(model, "transformer.h.0.mlp")) is new
+
+
+def test_mediator_is_visible_inside_a_trace_only() -> None:
+    model = load_tiny("llama")
+    seen: dict[str, object] = {}
+    assert not compat.in_trace() and compat.current_mediator() is None
+    with torch.no_grad(), model.trace(PROMPTS):
+        seen["inside"] = compat.in_trace()
+        seen["mediator"] = compat.current_mediator() is not None
+        seen["loop"] = compat.in_step_loop()
+    assert seen == {"inside": True, "mediator": True, "loop": False}
+
+
+def test_step_loop_is_recognised_inside_tracer_iter() -> None:
+    model = load_tiny("llama")
+    flags: list[bool] = []
+    with torch.no_grad(), model.generate(PROMPTS[:1], max_new_tokens=3, do_sample=False) as tracer:
+        for step in tracer.iter[:3]:
+            if step > 0:
+                flags.append(compat.in_step_loop())
+    assert flags == [True, True]
+
+
+def test_invoke_rows_of_a_tensor_shared_by_several_invokes() -> None:
+    model = load_tiny("llama")
+    rows: dict[str, object] = {}
+    with torch.no_grad(), model.trace() as tracer:
+        with tracer.invoke(PROMPTS[:2]):
+            rows["a"] = compat.invoke_rows(5 * 3, per_row=3)  # total batch 5, three rows per prompt
+            rows["a_narrowed"] = compat.invoke_rows(2 * 3, per_row=3)
+        with tracer.invoke(PROMPTS[:3]):
+            rows["b"] = compat.invoke_rows(5 * 3, per_row=3)
+    assert rows == {"a": (0, 6), "a_narrowed": None, "b": (6, 15)}
+
+
+def test_out_of_order_error_is_nnsights_and_uniterps() -> None:
+    model = load_tiny("llama")
+    with pytest.raises(compat.OutOfOrderError) as caught, torch.no_grad():
+        with model.trace(PROMPTS):
+            model.layers_output[1].save()
+            model.layers_output[0].save()
+    assert isinstance(caught.value, OrderError)
+
+
+def test_source_operation_labels() -> None:
+    model = load_tiny("llama")
+    envoy = compat.envoy_at(model, "model.layers.0.self_attn")
+    names = compat.source_names(envoy)
+    bases = [compat.op_base(name) for name in names]
+    assert "attention_interface" in bases and "apply_rotary_pos_emb" in bases
+    call = [n for n in names if compat.op_base(n) == "attention_interface"][-1]
+    with torch.no_grad(), model.trace(PROMPTS):
+        args, _ = compat.source_op(envoy, (call,)).inputs
+        query = args[1].save()
+    assert query.shape[:2] == (len(PROMPTS), model.num_heads)
+    assert compat.op_base("nn_functional_softmax_12") == "nn_functional_softmax"
+    assert compat.op_base("plain") == "plain"
+
+
+def test_quiet_fake_tensor_logs_restores_the_level() -> None:
+    fake_logger = logging.getLogger("torch._subclasses.fake_tensor")
+    before = fake_logger.level
+    with compat.quiet_fake_tensor_logs():
+        assert fake_logger.level == logging.CRITICAL
+    assert fake_logger.level == before
+
+
+def test_tensor_version_counts_in_place_edits() -> None:
+    x = torch.zeros(3)
+    v = compat.tensor_version(x)
+    x.add_(1)
+    assert compat.tensor_version(x) == v + 1
+    y = x.clone()
+    assert compat.tensor_version(y) == 0
+
+
+def test_cache_rows_can_be_selected() -> None:
+    from transformers import DynamicCache
+
+    model = load_tiny("llama")
+    model.dispatch()
+    cache = DynamicCache(config=model.text_config)
+    encoding = model.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = compat.native_module(model)(**encoding, cache=cache, use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    assert compat.cache_selectable(cache)
+    keys_before = cache.layers[0].keys[[2, 0]].clone()
+    compat.select_cache_rows(cache, torch.tensor([2, 0]))
+    assert torch.equal(cache.layers[0].keys, keys_before)
