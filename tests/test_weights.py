@@ -46,6 +46,7 @@ CASES.update(
         "olmoe": ("olmoe", {}),
         "jamba": ("jamba", {}),  # attention layers exact, Mamba layers refused
         "deepseek_v3": ("deepseek_v3", {}),  # MLPs and experts exact, MLA refused
+        "qwen3_next": ("qwen3_next", {}),  # gated-query attention exact, linear attention refused
     }
 )
 
@@ -53,6 +54,7 @@ CASES.update(
 REFUSED = {
     "deepseek_v3 attention": "multi-head latent attention",
     "jamba Mamba layers": "state-space",
+    "qwen3_next linear attention": "linear attention",
     "mamba mixers": "state-space",
     "gpt_oss experts": "custom gating function",
 }
@@ -61,12 +63,15 @@ REFUSED = {
 NO_KERNEL_CAPTURE = {"bloom", "falcon"}
 # Native q/k norms between the projection and the kernel: per head or on the flat projection.
 QK_NORM = {
+    "qwen3_next": "per_head",
     "qwen3": "per_head",
     "qwen3_moe": "per_head",
     "gemma3_text": "per_head",
     "olmo2": "flat",
     "olmoe": "flat",
 }
+# q_proj emits (heads, 2, head_dim): the query, then an output gate.
+GATED_QUERY = {"qwen3_next"}
 # OPT multiplies its queries by head_dim ** -0.5 before the kernel.
 QUERY_PRESCALED = {"opt"}
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
@@ -210,7 +215,9 @@ def test_queries_keys_values_equal_the_native_projection(case: str) -> None:
             for proj, mine in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
                 assert torch.equal(r.inputs[f"{name}.{proj}"], x)  # the projections read the module input
                 native = r.outputs[f"{name}.{proj}"]
-                torch.testing.assert_close(mine, native.view(*native.shape[:2], -1, w.head_dim), **TOL)
+                if proj == "q_proj" and r.model_type in GATED_QUERY:  # as the native code chunks it
+                    native = native.view(*native.shape[:2], -1, 2 * w.head_dim)[..., : w.head_dim]
+                torch.testing.assert_close(mine, native.reshape(*native.shape[:2], -1, w.head_dim), **TOL)
         elif r.model_type == "bloom":
             fused = r.outputs[f"{name}.query_key_value"]
             nq, nk, nv = (t.transpose(1, 2) for t in attention._reshape(fused))
@@ -259,6 +266,9 @@ def test_weights_give_the_tensors_the_attention_kernel_receives(case: str) -> No
         torch.testing.assert_close(_heads(x, w.W_V, w.b_V), kv.transpose(1, 2), **TOL)
         # the output projection reads the kernel output, heads concatenated
         o_in = r.inputs[f"{name}.{OUTPUT_PROJ.get(r.model_type, 'o_proj')}"]
+        if r.model_type in GATED_QUERY:  # the output gate scales each head first
+            q_out = r.outputs[f"{name}.q_proj"]
+            kout = kout * torch.sigmoid(q_out.view(*q_out.shape[:2], -1, 2 * w.head_dim)[..., w.head_dim :])
         torch.testing.assert_close(o_in.view(kout.shape), kout, **TOL)
         checked += 1
     assert checked
@@ -351,11 +361,11 @@ def test_mlp_weights_reproduce_the_mlp(case: str) -> None:
         torch.testing.assert_close(_reference_mlp(w, _activation(mlp), x), out, **TOL)
         torch.testing.assert_close(w.output(x), out, **TOL)
         checked += 1
-    if CASES[case][0] not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
+    if CASES[case][0] not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "qwen3_next"):
         assert checked
 
 
-MOE_CASES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "jamba", "deepseek_v3"]
+MOE_CASES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "jamba", "deepseek_v3", "qwen3_next"]
 
 
 @pytest.mark.parametrize("case", MOE_CASES)
@@ -382,7 +392,7 @@ def test_moe_router_experts_and_shared_expert(case: str) -> None:
                 native = block.experts(x, index, torch.ones(x.shape[0], 1))
             torch.testing.assert_close(_reference_mlp(moe.expert(e), block.experts.act_fn, x), native, **TOL)
         if moe.shared is not None:
-            shared_name = "shared_expert" if r.model_type == "qwen2_moe" else "shared_experts"
+            shared_name = "shared_experts" if r.model_type == "deepseek_v3" else "shared_expert"
             shared_out = r.outputs[f"{name}.{shared_name}"].reshape(x.shape[0], -1)
             torch.testing.assert_close(moe.shared.output(x), shared_out, **TOL)
         if moe.W_shared_gate is not None:
@@ -449,13 +459,23 @@ def test_multi_head_latent_attention_is_refused() -> None:
     assert info.value.name == "W_Q"
 
 
-def test_state_space_mixers_are_refused() -> None:
+def test_state_space_and_linear_attention_mixers_are_refused() -> None:
     r = run("jamba")
     mixers = [r.module(f"{layer}.mamba") for layer in r.layer_names() if hasattr(r.module(layer), "mamba")]
     assert mixers
     for mixer in mixers:
         with pytest.raises(UnavailableError, match=REFUSED["jamba Mamba layers"]):
             attention_weights(mixer, r.model.config, "jamba")
+    r = run("qwen3_next")
+    mixers = [
+        r.module(f"{layer}.linear_attn")
+        for layer in r.layer_names()
+        if hasattr(r.module(layer), "linear_attn")
+    ]
+    assert mixers
+    for mixer in mixers:
+        with pytest.raises(UnavailableError, match=REFUSED["qwen3_next linear attention"]):
+            attention_weights(mixer, r.model.config, "qwen3_next")
     mamba = AutoModelForCausalLM.from_pretrained(tiny_model_path("mamba"))
     with pytest.raises(UnavailableError, match=REFUSED["mamba mixers"]):
         attention_weights(mamba.backbone.layers[0].mixer, mamba.config, "mamba")

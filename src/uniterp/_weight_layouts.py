@@ -55,6 +55,9 @@ class AttentionLayout:
         q, k, v: Child names of the separate projections (``split="separate"``).
         qkv: Child name of the fused projection (every other split).
         mp: Number of model-parallel shards of an ``"mp_qvk"`` layout.
+        gated_query: ``q`` emits ``(n, 2, d)``: each head's query, then an output gate
+            (``sigmoid(gate)`` scales the kernel output before ``o``; Qwen3-Next). Only the
+            query half is ``W_Q``.
         note: One line for the docs and error messages.
     """
 
@@ -65,6 +68,7 @@ class AttentionLayout:
     v: str = "v_proj"
     qkv: str | None = None
     mp: int = 1
+    gated_query: bool = False
     note: str = ""
 
 
@@ -162,6 +166,12 @@ ATTENTION_LAYOUTS: dict[str, AttentionLayout | Callable[[Any], AttentionLayout]]
     "gptj": _GPTJ_ATTENTION,
     "opt": AttentionLayout("separate", o="out_proj", note="separate q_proj/k_proj/v_proj, out_proj"),
     "phi": AttentionLayout("separate", o="dense", note="separate q_proj/k_proj/v_proj, dense"),
+    "qwen3_next": AttentionLayout(
+        "separate",
+        o="o_proj",
+        gated_query=True,
+        note="q_proj per head [query | output gate], k_proj/v_proj, o_proj",
+    ),
     **{
         model_type: LLAMA_ATTENTION
         for model_type in (
@@ -266,6 +276,7 @@ MLP_LAYOUTS: dict[str, MLPLayout | Callable[[Any], MLPLayout]] = {
             "granite",
             "jamba",
             "deepseek_v3",
+            "qwen3_next",
         )
     },
 }
@@ -277,6 +288,7 @@ MOE_LAYOUTS: dict[str, MoELayout] = {
     "olmoe": MoELayout(),
     "jamba": MoELayout(router="router"),
     "deepseek_v3": MoELayout(shared="shared_experts"),
+    "qwen3_next": MoELayout(shared="shared_expert", shared_gate="shared_expert_gate"),
 }
 
 # --- positions ----------------------------------------------------------------------------------

@@ -410,6 +410,11 @@ def attention_weights(attention: nn.Module, config: Any, model_type: str) -> Att
             if bias is not None:
                 biases.add(label)
         (q_rows, q_bias), (k_rows, k_bias), (v_rows, v_bias) = parts
+        if layout.gated_query:  # (n, 2, d): the query half of each head, then its output gate
+            if q_rows.shape[0] != 2 * q_width:
+                raise fail(f"{layout.q} has {q_rows.shape[0]} outputs, expected 2 * n_heads * head_dim")
+            q_rows = q_rows.reshape(n_heads, 2, head_dim, -1)[:, 0].reshape(q_width, -1)
+            q_bias = None if q_bias is None else q_bias.reshape(n_heads, 2, head_dim)[:, 0].reshape(-1)
         if q_rows.shape[0] != q_width:
             raise fail(f"{layout.q} has {q_rows.shape[0]} outputs, expected n_heads * head_dim = {q_width}")
         if k_rows.shape != v_rows.shape or k_rows.shape[0] % head_dim:
