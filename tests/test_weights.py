@@ -86,7 +86,15 @@ OUTPUT_PROJ = {
     "codegen": "out_proj",
     "opt": "out_proj",
 }
-FUSED = {"gpt2", "gpt_neox", "bloom", "falcon", "phi3", "codegen", "gpt_bigcode"}
+FUSED = {
+    "gpt2": "c_attn",
+    "gpt_bigcode": "c_attn",
+    "gpt_neox": "query_key_value",
+    "bloom": "query_key_value",
+    "falcon": "query_key_value",
+    "phi3": "qkv_proj",
+    "codegen": "qkv_proj",
+}
 
 
 # --- running a plain HF model with hooks -------------------------------------------------------
@@ -218,22 +226,22 @@ def test_queries_keys_values_equal_the_native_projection(case: str) -> None:
                 if proj == "q_proj" and r.model_type in GATED_QUERY:  # as the native code chunks it
                     native = native.view(*native.shape[:2], -1, 2 * w.head_dim)[..., : w.head_dim]
                 torch.testing.assert_close(mine, native.reshape(*native.shape[:2], -1, w.head_dim), **TOL)
-        elif r.model_type == "bloom":
-            fused = r.outputs[f"{name}.query_key_value"]
-            nq, nk, nv = (t.transpose(1, 2) for t in attention._reshape(fused))
-            for mine, native in ((q, nq), (k, nk), (v, nv)):
-                torch.testing.assert_close(mine, native, **TOL)
-        elif r.model_type == "falcon":
-            nq, nk, nv = attention._split_heads(r.outputs[f"{name}.query_key_value"])
-            torch.testing.assert_close(q, nq, **TOL)
-            if not attention.new_decoder_architecture:  # (the new layout broadcasts k/v to every head)
+        else:
+            assert torch.equal(r.inputs[f"{name}.{FUSED[r.model_type]}"], x)  # reads the module input
+            fused = r.outputs[f"{name}.{FUSED[r.model_type]}"]
+            if r.model_type == "bloom":
+                nq, nk, nv = (t.transpose(1, 2) for t in attention._reshape(fused))
+                for mine, native in ((q, nq), (k, nk), (v, nv)):
+                    torch.testing.assert_close(mine, native, **TOL)
+            elif r.model_type == "falcon":
+                nq, nk, nv = attention._split_heads(fused)
+                torch.testing.assert_close(q, nq, **TOL)
+                if attention.new_decoder_architecture:  # native k/v are broadcast to every query head
+                    k, v = (expand_kv(t.transpose(0, 2), w.n_heads).transpose(0, 2) for t in (k, v))
                 torch.testing.assert_close(k, nk, **TOL)
                 torch.testing.assert_close(v, nv, **TOL)
             else:
-                torch.testing.assert_close(expand_kv(k.transpose(0, 2), w.n_heads).transpose(0, 2), nk, **TOL)
-                torch.testing.assert_close(expand_kv(v.transpose(0, 2), w.n_heads).transpose(0, 2), nv, **TOL)
-        else:
-            assert name in r.kernel  # fused layouts are checked against the kernel inputs below
+                assert name in r.kernel  # the other fused layouts: against the kernel inputs below
         checked += 1
     assert checked
 
@@ -308,6 +316,13 @@ def test_weights_share_storage_and_dtype_with_the_parameters() -> None:
     assert torch.equal(w.b_Q, torch.zeros_like(w.b_Q)) and w.has_bias == frozenset()
     half = attention_weights(copy.deepcopy(attention).to(torch.bfloat16), r.model.config, "llama")
     assert half.W_K.dtype == half.b_K.dtype == torch.bfloat16
+
+
+def test_tied_unembedding_is_the_embedding_transposed() -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path("llama", tie_word_embeddings=True))
+    u = unembedding_weights(model.lm_head, model.config, "llama")
+    W_E = embedding_weights(model.get_input_embeddings(), model.config, "llama")
+    assert u.W_U.data_ptr() == W_E.data_ptr() and torch.equal(u.W_U, W_E.T) and not u.has_bias
 
 
 def test_generic_rule_reads_separate_projections_of_an_unknown_type() -> None:
