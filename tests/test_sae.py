@@ -23,7 +23,9 @@ from uniterp.sae import (
 D_IN, D_SAE, K = 16, 64, 5
 
 
-def random_weights(architecture: str, d_in: int = D_IN, d_sae: int = D_SAE, d_out: int | None = None, skip=False):
+def random_weights(
+    architecture: str, d_in: int = D_IN, d_sae: int = D_SAE, d_out: int | None = None, skip=False
+):
     g = torch.Generator().manual_seed(1)
     weights = {}
     for name, shape in tensor_shapes(architecture, d_in, d_sae, d_out, skip).items():
@@ -208,7 +210,13 @@ def test_dtype_and_casting(x: torch.Tensor) -> None:
 
 def test_metadata_properties() -> None:
     sae = build("jumprelu")
-    assert (sae.hook_name, sae.format, sae.model_name, sae.hook_layer, sae.statistics) == (None, None, None, None, {})
+    assert (sae.hook_name, sae.format, sae.model_name, sae.hook_layer, sae.statistics) == (
+        None,
+        None,
+        None,
+        None,
+        {},
+    )
     sae.metadata.hook_name = "blocks.3.hook_resid_post"
     assert sae.hook_name == "blocks.3.hook_resid_post" and "blocks.3.hook_resid_post" in repr(sae)
 
@@ -290,7 +298,9 @@ def test_evaluate_sae(x: torch.Tensor) -> None:
     sae = build("topk")
     m = evaluate_sae(sae, x)
     y_hat = hand_decode(random_weights("topk"), hand_encode(random_weights("topk"), "topk", x, k=K))
-    assert m.fvu == pytest.approx(float(((x - y_hat) ** 2).sum() / ((x - x.reshape(-1, D_IN).mean(0)) ** 2).sum()))
+    assert m.fvu == pytest.approx(
+        float(((x - y_hat) ** 2).sum() / ((x - x.reshape(-1, D_IN).mean(0)) ** 2).sum())
+    )
     assert m.l0 == pytest.approx(float(K)) and m.n_tokens == 21
     assert m.explained_variance == pytest.approx(1 - m.fvu)
     tc = Transcoder(D_IN, D_SAE, D_IN, weights=random_weights("relu"))

@@ -265,7 +265,7 @@ class SparseAutoencoder(nn.Module):
         if not dtype.is_floating_point:
             raise InputError(f"an SAE needs a floating-point dtype, got {dtype}")
         for name in shapes:
-            tensor = weights[name].detach().to(device=device, dtype=dtype)
+            tensor = weights[name].detach().to(device=device, dtype=dtype).contiguous()
             self.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
 
     # --- metadata -----------------------------------------------------------------------------

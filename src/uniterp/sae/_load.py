@@ -35,6 +35,11 @@ _EXPECTED_FILES = (
     "SAELens: cfg.json + sae_weights.safetensors; sparsify: cfg.json + sae.safetensors; "
     "dictionary_learning: config.json + ae.pt (or ae.safetensors)"
 )
+_WEIGHTS_FILE = {
+    "saelens": "sae_weights.safetensors",
+    "sparsify": "sae.safetensors",
+    "dictionary_learning": "ae.pt",
+}
 _MAX_DEPTH = 6
 
 
@@ -136,7 +141,7 @@ def load_saes(
     root = _resolve(path, subfolder, revision, lambda r: [rel for rel, _, _ in _find(r, fmt, json_only=True)])
     found = _find(root, fmt)
     if not found:
-        raise InputError(f"no SAE found under {str(root)!r} (looked for {_EXPECTED_FILES})")
+        raise InputError(_nothing_found(root, fmt, str(path)))
     return {
         (rel or root.name): _load_folder(folder, name, device=device, dtype=dtype, norm_scaling_factor=None)
         for rel, folder, name in found
@@ -227,8 +232,7 @@ def _choose(
     """The one SAE folder under ``root`` that ``hook`` picks."""
     found = _find(root, fmt, json_only)
     if not found:
-        what = f"a {fmt} SAE" if fmt else "an SAE"
-        raise InputError(f"no {what} found in {given!r} (looked for {_EXPECTED_FILES})")
+        raise InputError(_nothing_found(root, fmt, given))
     if hook is None:
         if len(found) == 1:
             return found[0]
@@ -261,6 +265,16 @@ def _load_folder(
     if fmt == "sparsify":
         return _sparsify.load_sparsify(folder, dtype=parsed, device=device)
     return _dictionary_learning.load_dictionary_learning(folder, dtype=parsed, device=device)
+
+
+def _nothing_found(root: Path, fmt: str | None, given: str) -> str:
+    """Why no SAE folder was found: the weights file a folder with a config lacks, else what each format needs."""
+    here = _config_format(root)
+    if here is not None and fmt in (None, here):
+        weights = _WEIGHTS_FILE[here]
+        return f"{given!r} holds a {here} config but not its weights: missing file {str(root / weights)!r}"
+    what = f"{fmt} SAE" if fmt else "SAE"
+    return f"no {what} found in {given!r} (looked for {_EXPECTED_FILES})"
 
 
 def _config_format(folder: Path) -> str | None:
