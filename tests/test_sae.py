@@ -243,6 +243,8 @@ def test_module_errors(x: torch.Tensor) -> None:
         SparseAutoencoder(D_IN, D_SAE, architecture="jumprelu", weights=random_weights("relu"))
     with pytest.raises(ShapeError, match="'W_dec' must have shape \\(64, 16\\)"):
         SparseAutoencoder(D_IN, D_SAE, weights={**random_weights("relu"), "W_dec": torch.zeros(64, 15)})
+    with pytest.raises(InputError, match="use Transcoder"):
+        SparseAutoencoder(D_IN, D_SAE, d_out=8)
     with pytest.raises(InputError, match="transcoders"):
         Transcoder(D_IN, D_SAE, 8, normalize_activations="layer_norm")
     with pytest.raises(InputError, match="apply_b_dec_to_input"):

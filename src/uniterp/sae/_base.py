@@ -199,6 +199,7 @@ class SparseAutoencoder(nn.Module):
         dtype: Parameter dtype (default: the weights' dtype, else float32).
         device: Parameter device.
         metadata: Hook names, model name, declared statistics, ...
+        d_out: Output width; an SAE's is ``d_in`` (`Transcoder` takes another).
 
     Parameters have ``requires_grad=False``; call ``requires_grad_()`` to train.
     """
@@ -219,12 +220,17 @@ class SparseAutoencoder(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         metadata: SAEMetadata | None = None,
-        _d_out: int | None = None,
+        d_out: int | None = None,
     ) -> None:
         super().__init__()
         self.d_in = _positive_int(d_in, "d_in")
         self.d_sae = _positive_int(d_sae, "d_sae")
-        self.d_out = self.d_in if _d_out is None else _positive_int(_d_out, "d_out")
+        self.d_out = self.d_in if d_out is None else _positive_int(d_out, "d_out")
+        if self.d_out != self.d_in and not self.is_transcoder:
+            raise InputError(
+                f"an SAE reconstructs its input, so d_out={self.d_out} must equal d_in={self.d_in}; "
+                "for a map between two sites use Transcoder(d_in, d_sae, d_out)"
+            )
         if architecture not in _ACTIVATIONS:
             raise InputError(
                 f"unknown SAE architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}"
@@ -549,7 +555,7 @@ class Transcoder(SparseAutoencoder):
                 raise InputError(
                     f"{option}={kwargs[option]!r} is not supported for transcoders (only {plain!r})"
                 )
-        super().__init__(d_in, d_sae, _d_out=d_in if d_out is None else d_out, **kwargs)
+        super().__init__(d_in, d_sae, d_out=d_in if d_out is None else d_out, **kwargs)
 
     @property
     def is_transcoder(self) -> bool:
