@@ -15,12 +15,11 @@ Hook names are kept exactly as each format wrote them; mapping them to a model's
 standardized sites happens when an SAE is attached to a model.
 """
 
-from ._base import ARCHITECTURES as ARCHITECTURES
+from ._architectures import ARCHITECTURES as ARCHITECTURES
+from ._architectures import tensor_shapes as tensor_shapes
 from ._base import NORMALIZATIONS as NORMALIZATIONS
 from ._base import SAEMetadata as SAEMetadata
 from ._base import SparseAutoencoder as SparseAutoencoder
-from ._base import Transcoder as Transcoder
-from ._base import tensor_shapes as tensor_shapes
 from ._load import FORMATS as FORMATS
 from ._load import detect_format as detect_format
 from ._load import load_sae as load_sae
@@ -31,6 +30,7 @@ from ._metrics import evaluate_sae as evaluate_sae
 from ._metrics import explained_variance as explained_variance
 from ._metrics import fvu as fvu
 from ._metrics import l0 as l0
+from ._transcoder import Transcoder as Transcoder
 
 __all__ = [
     "ARCHITECTURES",

@@ -8,14 +8,14 @@ Example::
     >>> out = sae.reconstruct_with_error(latents, x)  # == x, bit for bit, when latents are unedited
 
 One class covers the architectures the saved formats use; what differs between
-them is the activation function (a small registry below) and a few options
-carried by the configs. Tensor names and layouts follow SAELens: ``W_enc`` is
+them is the activation function (the registry in ``_architectures``) and a few
+options carried by the configs; `Transcoder` (``_transcoder``) extends it. Tensor names and layouts follow SAELens: ``W_enc`` is
 ``(d_in, d_sae)``, ``W_dec`` is ``(d_sae, d_out)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +23,9 @@ import torch
 from torch import nn
 
 from .._errors import InputError, ShapeError
+from ._architectures import ACTIVATIONS, ARCHITECTURES, check_k, tensor_shapes
 
-__all__ = [
-    "ARCHITECTURES",
-    "NORMALIZATIONS",
-    "SAEMetadata",
-    "SparseAutoencoder",
-    "Transcoder",
-    "tensor_shapes",
-]
+__all__ = ["NORMALIZATIONS", "SAEMetadata", "SparseAutoencoder"]
 
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")
 """Input normalisations that need no stored statistics (see `SparseAutoencoder`)."""
@@ -79,71 +73,6 @@ class SAEMetadata:
     statistic_sources: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
-
-
-def tensor_shapes(
-    architecture: str, d_in: int, d_sae: int, d_out: int | None = None, skip: bool = False
-) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the tensors of an architecture (SAELens names).
-
-    Example::
-
-        >>> tensor_shapes("jumprelu", 512, 4096)
-        {'W_enc': (512, 4096), 'W_dec': (4096, 512), 'b_dec': (512,), 'b_enc': (4096,), 'threshold': (4096,)}
-    """
-    d_out = d_in if d_out is None else d_out
-    shapes: dict[str, tuple[int, ...]] = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
-    if architecture == "gated":
-        shapes.update(b_gate=(d_sae,), b_mag=(d_sae,), r_mag=(d_sae,))
-    else:
-        shapes["b_enc"] = (d_sae,)
-    if architecture == "jumprelu":
-        shapes["threshold"] = (d_sae,)
-    if skip:
-        shapes["W_skip"] = (d_out, d_in)
-    return shapes
-
-
-# --- activation functions: pre-activations (..., d_sae) -> latents (..., d_sae) -------------------
-
-
-def _relu(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
-    return pre.relu()
-
-
-def _jumprelu(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
-    return pre.relu() * (pre > sae.threshold).to(pre.dtype)
-
-
-def _topk(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
-    values, indices = pre.topk(sae.k, dim=-1, sorted=False)
-    return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
-
-
-def _groupmax(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
-    acts = pre.relu()
-    values, indices = acts.unflatten(-1, (sae.k, -1)).max(dim=-1)
-    group = sae.d_sae // sae.k
-    offsets = torch.arange(0, sae.d_sae, group, device=pre.device)
-    return torch.zeros_like(acts).scatter_(-1, indices + offsets, values)
-
-
-def _gated(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
-    # ``pre`` is x @ W_enc without a bias: the gate and the magnitude share it.
-    gate = (pre + sae.b_gate > 0).to(pre.dtype)
-    magnitude = (pre * sae.r_mag.exp() + sae.b_mag).relu()
-    return gate * magnitude
-
-
-_ACTIVATIONS: dict[str, Callable[[SparseAutoencoder, torch.Tensor], torch.Tensor]] = {
-    "relu": _relu,
-    "jumprelu": _jumprelu,
-    "topk": _topk,
-    "groupmax": _groupmax,
-    "gated": _gated,
-}
-ARCHITECTURES = tuple(_ACTIVATIONS)
-"""Architectures: ``relu`` (SAELens "standard"), ``jumprelu``, ``topk``, ``groupmax`` (sparsify), ``gated``."""
 
 
 class SparseAutoencoder(nn.Module):
@@ -231,12 +160,12 @@ class SparseAutoencoder(nn.Module):
                 f"an SAE reconstructs its input, so d_out={self.d_out} must equal d_in={self.d_in}; "
                 "for a map between two sites use Transcoder(d_in, d_sae, d_out)"
             )
-        if architecture not in _ACTIVATIONS:
+        if architecture not in ACTIVATIONS:
             raise InputError(
                 f"unknown SAE architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}"
             )
         self.architecture = architecture
-        self.k = _check_k(architecture, k, self.d_sae)
+        self.k = check_k(architecture, k, self.d_sae)
         if normalize_activations not in NORMALIZATIONS:
             raise InputError(
                 f"normalize_activations={normalize_activations!r} is not supported here; supported: "
@@ -360,7 +289,7 @@ class SparseAutoencoder(nn.Module):
             pre = h @ self.W_enc + self.b_enc
         if self.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.norm(dim=-1)
-        return _ACTIVATIONS[self.architecture](self, pre)
+        return ACTIVATIONS[self.architecture](self, pre)
 
     def decode(self, latents: torch.Tensor, *, x: torch.Tensor | None = None) -> torch.Tensor:
         """The reconstruction from ``latents`` (the dictionary part; no skip term).
@@ -470,14 +399,14 @@ class SparseAutoencoder(nn.Module):
         Returns:
             A tensor of ``x``'s shape and dtype.
         """
-        return _splice(self, latents, x, x, clean_reconstruction)
+        return splice(self, latents, x, x, clean_reconstruction)
 
     # --- helpers ------------------------------------------------------------------------------
 
     def _as_input(self, x: Any, name: str) -> torch.Tensor:
         """``x`` as ``(..., d_in)`` in the SAE's dtype (heads flattened for ``hook_z``)."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise InputError(f"{name} must be a floating-point tensor; got {_describe(x)}")
+            raise InputError(f"{name} must be a floating-point tensor; got {describe(x)}")
         self._check_device(x, name)
         if x.shape[-1:] == (self.d_in,):
             return x.to(self.dtype)
@@ -526,101 +455,7 @@ class SparseAutoencoder(nn.Module):
         self.b_dec.div_(scale)
 
 
-class Transcoder(SparseAutoencoder):
-    """A transcoder: latents of one site's value predict another site's value.
-
-    Example::
-
-        >>> tc = load_sae("path/to/transcoder")            # hook_name -> hook_name_out
-        >>> y_hat = tc(x)                                   # x: (..., d_in) -> (..., d_out)
-        >>> latents = tc.encode(x)
-        >>> y_new = tc.reconstruct_with_error(latents, x, target=y)   # == y when unedited
-
-    Same encoder as `SparseAutoencoder` (``apply_b_dec_to_input`` only where
-    ``d_out == d_in``; no input normalisation); ``forward(x) = latents @ W_dec
-    + b_dec (+ x @ W_skip.T)``. The error term is measured against the output
-    site's actual value ``target``.
-
-    Args:
-        d_in: Input width.
-        d_sae: Number of latents.
-        d_out: Output width.
-        **kwargs: As `SparseAutoencoder` (``apply_b_dec_to_input`` defaults to False).
-    """
-
-    def __init__(self, d_in: int, d_sae: int, d_out: int | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("apply_b_dec_to_input", False)
-        for option, plain in (("normalize_activations", "none"), ("reshape_activations", "none")):
-            if kwargs.get(option, plain) != plain:
-                raise InputError(
-                    f"{option}={kwargs[option]!r} is not supported for transcoders (only {plain!r})"
-                )
-        super().__init__(d_in, d_sae, d_out=d_in if d_out is None else d_out, **kwargs)
-
-    @property
-    def is_transcoder(self) -> bool:
-        return True
-
-    def error(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        """The error term ``target - forward(x)`` (``target`` cast to the transcoder's dtype).
-
-        Example::
-
-            >>> e = tc.error(x, target=y)           # (..., d_out)
-
-        Args:
-            x: The input site's value, ``(..., d_in)``.
-            target: The output site's value, ``(..., d_out)``.
-        """
-        target = self._as_target(target, x)
-        return target.to(self.dtype) - self(x)
-
-    def reconstruct_with_error(  # type: ignore[override]
-        self,
-        latents: torch.Tensor,
-        x: torch.Tensor,
-        *,
-        target: torch.Tensor | None = None,
-        clean_reconstruction: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``target - (decode(encode(x)) - decode(latents))``: ``target`` bit for bit when unedited.
-
-        Example::
-
-            >>> torch.equal(tc.reconstruct_with_error(tc.encode(x), x, target=y), y)
-            True
-
-        The skip term does not depend on the latents and cancels.
-
-        Args:
-            latents: ``(..., d_sae)``.
-            x: The input site's value, ``(..., d_in)``.
-            target: The output site's value, ``(..., d_out)`` (required).
-            clean_reconstruction: ``decode(encode(x))`` if already computed.
-
-        Returns:
-            A tensor of ``target``'s shape and dtype.
-        """
-        return _splice(self, latents, x, self._as_target(target, x), clean_reconstruction)
-
-    def _as_target(self, target: Any, x: torch.Tensor) -> torch.Tensor:
-        if target is None:
-            raise InputError(
-                "a transcoder's error term is measured against the output site's value: pass target=y "
-                f"(the value at {self.hook_name_out!r})"
-            )
-        if not isinstance(target, torch.Tensor) or not target.is_floating_point():
-            raise InputError(f"target must be a floating-point tensor; got {_describe(target)}")
-        if target.shape[-1:] != (self.d_out,) or target.shape[:-1] != x.shape[:-1]:
-            raise ShapeError(
-                f"target must have shape (..., d_out={self.d_out}) with the same leading shape as x "
-                f"{tuple(x.shape[:-1])}; got {tuple(target.shape)}"
-            )
-        self._check_device(target, "target")
-        return target
-
-
-def _splice(
+def splice(
     sae: SparseAutoencoder,
     latents: torch.Tensor,
     x: torch.Tensor,
@@ -645,18 +480,6 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
-def _check_k(architecture: str, k: Any, d_sae: int) -> int | None:
-    if architecture not in ("topk", "groupmax"):
-        return None
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d_sae:
-        raise InputError(f"architecture {architecture!r} needs k, an int in [1, d_sae={d_sae}]; got {k!r}")
-    if architecture == "groupmax" and d_sae % k:
-        raise InputError(
-            f"groupmax splits the latents into k={k} equal groups, but d_sae={d_sae} is not a multiple"
-        )
-    return k
-
-
 def _check_weights(weights: Mapping[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
     missing = [name for name in shapes if name not in weights]
     if missing:
@@ -667,12 +490,12 @@ def _check_weights(weights: Mapping[str, torch.Tensor], shapes: dict[str, tuple[
     for name, shape in shapes.items():
         tensor = weights[name]
         if not isinstance(tensor, torch.Tensor):
-            raise InputError(f"SAE tensor {name!r} must be a torch.Tensor; got {_describe(tensor)}")
+            raise InputError(f"SAE tensor {name!r} must be a torch.Tensor; got {describe(tensor)}")
         if tuple(tensor.shape) != shape:
             raise ShapeError(f"SAE tensor {name!r} must have shape {shape}; got {tuple(tensor.shape)}")
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return type(value).__name__

@@ -39,8 +39,9 @@ from typing import Any
 import torch
 
 from .._errors import InputError
-from ._base import SAEMetadata, SparseAutoencoder, Transcoder
+from ._base import SAEMetadata, SparseAutoencoder
 from ._files import check_tensors, common_dtype, read_json, read_safetensors, read_torch_tensors, require
+from ._transcoder import Transcoder
 
 CONFIG = "config.json"
 WEIGHTS_PT = "ae.pt"

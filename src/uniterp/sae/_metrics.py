@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from .._errors import InputError, ShapeError
-from ._base import SparseAutoencoder, Transcoder
+from ._base import SparseAutoencoder
+from ._transcoder import Transcoder
 
 __all__ = ["SAEMetrics", "evaluate_sae", "explained_variance", "fvu", "l0"]
 

@@ -28,8 +28,10 @@ import torch
 from safetensors.torch import save_file
 
 from .._errors import InputError, ShapeError
-from ._base import SAEMetadata, SparseAutoencoder, Transcoder, tensor_shapes
+from ._architectures import tensor_shapes
+from ._base import SAEMetadata, SparseAutoencoder
 from ._files import check_tensors, dtype_name, parse_dtype, read_json, read_safetensors, require
+from ._transcoder import Transcoder
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -110,6 +112,7 @@ def load_saelens(
         format="saelens",
         hook_name=meta.get("hook_name"),
         hook_name_out=meta.get("hook_name_out"),
+        hook_io=meta.get("hook_io") if meta.get("hook_io") in ("in", "out", "in_and_out") else None,
         hook_layer=_int_or_none(meta.get("hook_layer", fields.get("hook_layer"))),
         hook_head_index=_int_or_none(meta.get("hook_head_index")),
         model_name=meta.get("model_name"),
@@ -352,8 +355,11 @@ def _metadata_to_write(sae: SparseAutoencoder) -> dict[str, Any]:
     meta["hook_head_index"] = sae.metadata.hook_head_index
     if sae.is_transcoder:
         meta["hook_name_out"] = sae.hook_name_out
+    # Kept for SAEs from formats that name modules (SAELens ignores keys it does not know).
     if sae.hook_layer is not None:
         meta["hook_layer"] = sae.hook_layer
+    if sae.metadata.hook_io is not None:
+        meta["hook_io"] = sae.metadata.hook_io
     return meta
 
 

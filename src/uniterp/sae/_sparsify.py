@@ -32,8 +32,9 @@ import torch
 from safetensors.torch import save_file
 
 from .._errors import InputError
-from ._base import SAEMetadata, SparseAutoencoder, Transcoder
+from ._base import SAEMetadata, SparseAutoencoder
 from ._files import check_tensors, common_dtype, read_json, read_safetensors, require
+from ._transcoder import Transcoder
 
 CFG = "cfg.json"
 WEIGHTS = "sae.safetensors"
