@@ -20,11 +20,13 @@ def rand(*shape, seed: int, scale: float = 0.3) -> torch.Tensor:
 SAELENS_TENSORS = {
     "standard": ["W_enc", "b_enc", "W_dec", "b_dec"],
     "topk": ["W_enc", "b_enc", "W_dec", "b_dec"],
+    "abstopk": ["W_enc", "b_enc", "W_dec", "b_dec"],
     "jumprelu": ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"],
     "gated": ["W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"],
     "transcoder": ["W_enc", "b_enc", "W_dec", "b_dec"],
     "skip_transcoder": ["W_enc", "b_enc", "W_dec", "b_dec", "W_skip"],
     "jumprelu_transcoder": ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"],
+    "jumprelu_skip_transcoder": ["W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"],
 }
 
 
@@ -81,7 +83,7 @@ def write_saelens(
         "reshape_activations": "none",
         "metadata": metadata,
     }
-    if architecture == "topk":
+    if architecture in ("topk", "abstopk"):
         cfg.update(k=6, rescale_acts_by_decoder_norm=False)
     if transcoder:
         cfg["d_out"] = d_out
@@ -108,13 +110,16 @@ def saelens_reference(t: dict, architecture: str, x: torch.Tensor, apply_b_dec=T
         if architecture == "topk":
             values, indices = torch.topk(pre, k, dim=-1)
             acts = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+        elif architecture == "abstopk":
+            indices = torch.topk(pre.abs(), k, dim=-1).indices
+            acts = torch.zeros_like(pre).scatter(-1, indices, pre.gather(-1, indices))
         elif "jumprelu" in architecture:
             acts = torch.relu(pre) * (pre > t["threshold"]).float()
         else:
             acts = torch.relu(pre)
     f = acts / t["W_dec"].norm(dim=-1) if rescale else acts
     out = f @ t["W_dec"] + t["b_dec"]
-    if architecture == "skip_transcoder":
+    if "skip_transcoder" in architecture:
         out = out + x @ t["W_skip"].T
     return acts, out
 

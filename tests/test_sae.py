@@ -36,7 +36,7 @@ def random_weights(
 
 
 def build(architecture: str, **options) -> SparseAutoencoder:
-    k = {"topk": K, "groupmax": 8}.get(architecture)
+    k = {"topk": K, "abstopk": K, "groupmax": 8}.get(architecture)
     skip = options.pop("skip_connection", False)
     return SparseAutoencoder(
         D_IN,
@@ -68,6 +68,12 @@ def hand_encode(w: dict, architecture: str, x: torch.Tensor, apply_b_dec=True, k
         for i, row in enumerate(rows):  # per token, plainly
             top = torch.argsort(row, descending=True)[:k]
             out[i, top] = torch.relu(row[top])
+        return out.reshape(pre.shape)
+    if architecture == "abstopk":
+        rows, out = pre.reshape(-1, pre.shape[-1]), torch.zeros(pre.numel() // pre.shape[-1], pre.shape[-1])
+        for i, row in enumerate(rows):  # signed values of the k largest magnitudes
+            top = torch.argsort(row.abs(), descending=True)[:k]
+            out[i, top] = row[top]
         return out.reshape(pre.shape)
     if architecture == "groupmax":
         acts = torch.relu(pre)
@@ -101,8 +107,10 @@ def test_encode_decode_match_hand_computation(architecture: str, apply_b_dec: bo
     torch.testing.assert_close(latents, hand_encode(w, architecture, x, apply_b_dec, k=sae.k))
     torch.testing.assert_close(sae.decode(latents), hand_decode(w, latents))
     torch.testing.assert_close(sae(x), hand_decode(w, hand_encode(w, architecture, x, apply_b_dec, k=sae.k)))
-    if architecture == "topk":
+    if architecture in ("topk", "abstopk"):
         assert bool(((latents != 0).sum(-1) <= K).all())
+    if architecture == "abstopk":
+        assert bool((latents < 0).any())  # signs are kept
     if architecture == "groupmax":
         assert bool(((latents != 0).unflatten(-1, (8, -1)).sum(-1) <= 1).all())
 
@@ -327,7 +335,7 @@ def _matmul_calls(fn) -> int:
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_one_matmul_each_way_at_scale(architecture: str) -> None:
     d_in, d_sae = 512, 4096
-    k = {"topk": 64, "groupmax": 64}.get(architecture)
+    k = {"topk": 64, "abstopk": 64, "groupmax": 64}.get(architecture)
     w = random_weights(architecture, d_in, d_sae)
     sae = SparseAutoencoder(d_in, d_sae, architecture=architecture, k=k, weights=w)
     x = torch.randn(8, 256, d_in)

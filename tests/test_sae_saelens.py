@@ -27,7 +27,7 @@ def x() -> torch.Tensor:
     return torch.randn(3, 7, D_IN, generator=torch.Generator().manual_seed(99))
 
 
-@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu", "gated"])
+@pytest.mark.parametrize("architecture", ["standard", "topk", "abstopk", "jumprelu", "gated"])
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_saelens_saes(tmp_path: Path, architecture: str, apply_b_dec: bool, x: torch.Tensor) -> None:
     t = write_saelens(tmp_path, architecture, apply_b_dec_to_input=apply_b_dec)
@@ -47,7 +47,9 @@ def test_saelens_saes(tmp_path: Path, architecture: str, apply_b_dec: bool, x: t
     assert torch.equal(sae.reconstruct_with_error(sae.encode(x), x), x)
 
 
-@pytest.mark.parametrize("architecture", ["transcoder", "skip_transcoder", "jumprelu_transcoder"])
+@pytest.mark.parametrize(
+    "architecture", ["transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder"]
+)
 def test_saelens_transcoders(tmp_path: Path, architecture: str, x: torch.Tensor) -> None:
     t = write_saelens(tmp_path, architecture)
     tc = load_sae(tmp_path)
@@ -223,6 +225,9 @@ def test_load_errors(tmp_path: Path) -> None:
     write_saelens(tmp_path / "norm", "standard", normalize_activations="whiten")
     with pytest.raises(InputError, match="normalize_activations 'whiten'"):
         load_sae(tmp_path / "norm")
+    write_saelens(tmp_path / "whiten", "standard", normalize_activations="covariance_whitening")
+    with pytest.raises(InputError, match="covariance_whitening.*does not store"):
+        load_sae(tmp_path / "whiten")
     write_saelens(tmp_path / "dtype", "standard", dtype="int8")
     with pytest.raises(InputError, match="dtype 'int8'"):
         load_sae(tmp_path / "dtype")

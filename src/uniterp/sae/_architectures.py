@@ -68,6 +68,11 @@ def _topk(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
 
 
+def _abstopk(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+    indices = pre.abs().topk(sae.k, dim=-1, sorted=False).indices
+    return torch.zeros_like(pre).scatter_(-1, indices, pre.gather(-1, indices))
+
+
 def _groupmax(sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
     acts = pre.relu()
     values, indices = acts.unflatten(-1, (sae.k, -1)).max(dim=-1)
@@ -87,6 +92,7 @@ ACTIVATIONS: dict[str, Callable[[SparseAutoencoder, torch.Tensor], torch.Tensor]
     "relu": _relu,
     "jumprelu": _jumprelu,
     "topk": _topk,
+    "abstopk": _abstopk,
     "groupmax": _groupmax,
     "gated": _gated,
 }
@@ -95,7 +101,7 @@ ARCHITECTURES = tuple(ACTIVATIONS)
 
 
 def check_k(architecture: str, k: Any, d_sae: int) -> int | None:
-    if architecture not in ("topk", "groupmax"):
+    if architecture not in ("topk", "abstopk", "groupmax"):
         return None
     if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d_sae:
         raise InputError(f"architecture {architecture!r} needs k, an int in [1, d_sae={d_sae}]; got {k!r}")

@@ -100,6 +100,8 @@ class SparseAutoencoder(nn.Module):
     - ``jumprelu``: ``relu(pre) * (pre > threshold)``.
     - ``topk``: the ``k`` largest entries of ``pre`` per token, through a ReLU;
       the rest zero.
+    - ``abstopk``: the ``k`` entries of ``pre`` largest in absolute value, with
+      their signs (latents can be negative); the rest zero.
     - ``groupmax``: the latents split into ``k`` equal groups; per group the
       largest ``relu(pre)``; the rest zero (sparsify).
     - ``gated``: with ``p = x @ W_enc``, ``(p + b_gate > 0) * relu(p * exp(r_mag) + b_mag)``.

@@ -46,6 +46,7 @@ _ARCHITECTURES: dict[str, tuple[str, bool, bool]] = {
     "standard": ("relu", False, False),
     "jumprelu": ("jumprelu", False, False),
     "topk": ("topk", False, False),
+    "abstopk": ("abstopk", False, False),
     "gated": ("gated", False, False),
     # training checkpoints of batch-topk SAEs: a JumpReLU with one threshold for all latents
     "batchtopk": ("jumprelu", False, False),
@@ -53,6 +54,7 @@ _ARCHITECTURES: dict[str, tuple[str, bool, bool]] = {
     "transcoder": ("relu", True, False),
     "skip_transcoder": ("relu", True, True),
     "jumprelu_transcoder": ("jumprelu", True, False),
+    "jumprelu_skip_transcoder": ("jumprelu", True, True),
 }
 _STATISTICS = {
     "l0": ("l0", "expected_l0", "average_l0", "mean_l0"),
@@ -153,7 +155,7 @@ def save_saelens(sae: SparseAutoencoder, folder: Path) -> Path:
         "reshape_activations": sae.reshape_activations,
         "metadata": meta,
     }
-    if architecture == "topk":
+    if architecture in ("topk", "abstopk"):
         cfg["k"] = sae.k
         cfg["rescale_acts_by_decoder_norm"] = sae.rescale_acts_by_decoder_norm
     if sae.is_transcoder:
@@ -225,6 +227,12 @@ def _options(
         require(fields, "apply_b_dec_to_input", bool, where) if "apply_b_dec_to_input" in fields else True
     )
     normalize = fields.get("normalize_activations", "none")
+    if normalize == "covariance_whitening":
+        raise InputError(
+            f"{where}: normalize_activations='covariance_whitening' needs the whitening mean and matrices "
+            "estimated on the training data, which an SAE folder does not store (SAELens folds them into "
+            "the weights when training ends, and the saved config then says 'none')"
+        )
     known = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
     if normalize not in known:
         raise InputError(f"{where}: normalize_activations {normalize!r} is not one of {', '.join(known)}")
@@ -252,7 +260,7 @@ def _options(
     }
     if not transcoder:
         options["reshape_activations"] = reshape
-    if architecture == "topk":
+    if architecture in ("topk", "abstopk"):
         options["k"] = require(fields, "k", int, where)
     elif fields.get("architecture") in ("batchtopk", "matryoshka_batchtopk"):
         # Training checkpoints: batch-topk is applied on the decoder-norm-scaled pre-activations.
@@ -321,25 +329,32 @@ def _saelens_architecture(sae: SparseAutoencoder) -> str:
             ("relu", False): "transcoder",
             ("relu", True): "skip_transcoder",
             ("jumprelu", False): "jumprelu_transcoder",
+            ("jumprelu", True): "jumprelu_skip_transcoder",
         }
         name = names.get((sae.architecture, skip))
         if name is None or sae.apply_b_dec_to_input:
             raise InputError(
                 f"SAELens has no transcoder with architecture={sae.architecture!r}, skip connection={skip}, "
-                f"apply_b_dec_to_input={sae.apply_b_dec_to_input} (it has relu, relu with skip, and jumprelu, "
-                "all without apply_b_dec_to_input)"
+                f"apply_b_dec_to_input={sae.apply_b_dec_to_input} (it has relu and jumprelu "
+                "transcoders, with or without a skip connection, all without apply_b_dec_to_input)"
             )
         return name
-    names = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated"}
+    names = {
+        "relu": "standard",
+        "jumprelu": "jumprelu",
+        "topk": "topk",
+        "abstopk": "abstopk",
+        "gated": "gated",
+    }
     if sae.architecture not in names or skip:
         raise InputError(
             f"SAELens has no SAE with architecture={sae.architecture!r}"
             + (" and a skip connection" if skip else "")
             + f"; it saves {', '.join(names)} (without skip connections)"
         )
-    if sae.rescale_acts_by_decoder_norm and sae.architecture != "topk":
+    if sae.rescale_acts_by_decoder_norm and sae.architecture not in ("topk", "abstopk"):
         raise InputError(
-            f"SAELens's {names[sae.architecture]!r} SAE has no rescale_acts_by_decoder_norm option (only topk)"
+            f"SAELens's {names[sae.architecture]!r} SAE has no rescale_acts_by_decoder_norm option (only topk, abstopk)"
         )
     return names[sae.architecture]
 
