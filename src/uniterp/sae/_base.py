@@ -318,7 +318,7 @@ class SparseAutoencoder(nn.Module):
         self._check_device(latents, "latents")
         f = latents.to(self.dtype)
         if self.rescale_acts_by_decoder_norm:
-            f = f / self.W_dec.norm(dim=-1)
+            f = f * (1 / self.W_dec.norm(dim=-1))  # as SAELens 6.5x computes it
         out = f @ self.W_dec + self.b_dec
         if self.normalize_activations != "none" or (x is not None and self.reshape_activations == "hook_z"):
             if x is None:
