@@ -136,3 +136,15 @@ def test_cache_rows_can_be_selected() -> None:
     keys_before = cache.layers[0].keys[[2, 0]].clone()
     compat.select_cache_rows(cache, torch.tensor([2, 0]))
     assert torch.equal(cache.layers[0].keys, keys_before)
+
+
+def test_fused_experts_gate_by_the_default_function() -> None:
+    model = load_tiny("mixtral")
+    experts = compat.native_module(model).model.layers[0].mlp.experts
+    assert compat.expert_gating(experts) is None
+
+    class Custom(type(experts)):  # type: ignore[misc]
+        def _apply_gate(self, gate_up):  # noqa: ANN001, ANN202
+            return gate_up
+
+    assert compat.expert_gating(Custom.__new__(Custom)) is not None

@@ -43,22 +43,22 @@ __all__ = ["Located", "discover_probability_ops", "locate_all", "read_probabilit
 logger = logging.getLogger("uniterp")
 
 
-def _probability_ops(names: tuple[str, ...]) -> list[str]:
+def _probability_ops(names: tuple[str, ...]) -> list[tuple[str, str]]:
     """Candidate ops whose output is the probabilities, best first, in source order.
 
     Per softmax: the dropout after it, else the cast back to the model's dtype,
     else the softmax itself. Some of these may never run: an ``if dropout is not
     None``, or a float16-only branch (XGLM softmaxes in float32 and casts back
     only for float16 weights). Which one runs is settled by running the model
-    (`_first_that_runs`).
+    (`_first_that_runs`). Each comes with its softmax (whose input is the scores).
     """
-    ops: list[str] = []
+    ops: list[tuple[str, str]] = []
     for i, name in enumerate(names):
         if not SOFTMAX_OP.search(op_base(name)):
             continue
         for op in (*_dropout_after(names, i), *_cast_after(names, i), name):
-            if op not in ops:
-                ops.append(op)
+            if op not in [o for o, _ in ops]:
+                ops.append((op, name))
     return ops
 
 
@@ -87,13 +87,13 @@ def _resolve(envoy: Any, path: tuple[str, ...]) -> Any:
 
 def discover_probability_ops(
     model: StandardizedTransformer, layer: int, attention: str
-) -> tuple[str, ...] | str:
-    """The op path to the attention probabilities of ``layer``, or why there is none.
+) -> tuple[tuple[str, ...], tuple[str, ...]] | str:
+    """The op paths to the attention probabilities of ``layer`` and to their softmax, or why there are none.
 
     Example::
 
         >>> discover_probability_ops(model, 0, "self_attn")
-        ('attention_interface_1', 'nn_functional_dropout_0')
+        (('attention_interface_1', 'nn_functional_dropout_0'), ('attention_interface_1', 'nn_functional_softmax_0'))
 
     Args:
         model: A dispatched model running eager attention.
@@ -102,7 +102,8 @@ def discover_probability_ops(
 
     Returns:
         Operation names from the attention forward down to the op whose output
-        is the probabilities, or a reason string when none was found.
+        is the probabilities, and down to the softmax whose input is the scores;
+        or a reason string when none was found.
     """
     block = model.layers[layer]
     module = native_module(envoy_at(block, attention))
@@ -119,23 +120,24 @@ def discover_probability_ops(
             reason = found
             continue
         prefix = () if path == attention else (f"@{path[len(attention) + 1 :]}",)
-        ops = [(*prefix, *op) for op in found]
+        ops = [(*prefix, *op) for op, _ in found]
+        softmax = {(*prefix, *op): (*prefix, *op[:-1], sm) for op, sm in found}
         chosen = _first_that_runs(model, layer, attention, ops)
         if chosen is not None:
-            return chosen
+            return chosen, softmax[chosen]
         reason = f"none of the ops found ({', '.join('.'.join(op) for op in ops)}) runs in a forward pass"
     return reason
 
 
-def _search_module(model: StandardizedTransformer, envoy: Any) -> list[tuple[str, ...]] | str:
-    """Candidate op paths in ``envoy``'s forward (or a function it calls), best first."""
+def _search_module(model: StandardizedTransformer, envoy: Any) -> list[tuple[tuple[str, ...], str]] | str:
+    """Candidate op paths in ``envoy``'s forward (or a function it calls), best first, each with its softmax."""
     try:
         names = source_names(envoy)
     except Exception as error:  # noqa: BLE001 - no Python source to inspect
         return f"the attention forward has no inspectable source ({error})"
     direct = _probability_ops(names)
     if direct:
-        return [(op,) for op in direct]
+        return [((op,), sm) for op, sm in direct]
     for candidate in names:
         if not DRILL.search(candidate):
             continue
@@ -148,7 +150,7 @@ def _search_module(model: StandardizedTransformer, envoy: Any) -> list[tuple[str
             continue
         ops = _probability_ops(found.get("names", ()))
         if ops:
-            return [(candidate, op) for op in ops]
+            return [((candidate, op), sm) for op, sm in ops]
     return "no softmax found in the attention forward or the attention function it calls"
 
 
@@ -175,18 +177,22 @@ def _first_that_runs(
 
 
 class Located(NamedTuple):
-    """Where a layer's probabilities are produced.
+    """Where a layer's probabilities (and the scores before their softmax) are produced.
 
     Attributes:
         ops: Op path from the attention forward to the op whose output they are.
         attention: Path of the attention module relative to the block.
         heads: Set when the model computes them flattened as ``(batch * heads, q, k)``
             (bmm-style attention); they are shown as ``(batch, heads, q, k)``.
+        softmax: Op path to the softmax; its input is the scores.
+        scores: Why the scores are unavailable on this layer, or ``None``.
     """
 
     ops: tuple[str, ...]
     attention: str
     heads: int | None = None
+    softmax: tuple[str, ...] = ()
+    scores: str | None = None
 
 
 def read_probabilities(model: StandardizedTransformer, layer: int) -> torch.Tensor:
@@ -238,6 +244,50 @@ def _write(model: StandardizedTransformer, layer: int, entry: Located, value: to
     site.output = value
 
 
+def read_scores(model: StandardizedTransformer, layer: int) -> torch.Tensor:
+    """The attention scores of ``layer`` (the softmax's input): ``(batch, heads, q, k)``.
+
+    Scaled, soft-capped and masked as the model does before its softmax.
+    """
+    entry = _located(model, layer)
+    if entry.scores is not None:
+        raise UnavailableError(model.model_type, f"attention_scores[{layer}]", entry.scores)
+    return _read_scores(model, layer, entry)
+
+
+def write_scores(model: StandardizedTransformer, layer: int, value: torch.Tensor) -> None:
+    """Replace the attention scores of ``layer`` (the softmax's input) in the running trace."""
+    from ._sites import conform
+
+    entry = _located(model, layer)
+    if entry.scores is not None:
+        raise UnavailableError(model.model_type, f"attention_scores[{layer}]", entry.scores)
+    site = _resolve(envoy_at(model.layers[layer], entry.attention), entry.softmax)
+    current = _read_scores(model, layer, entry)
+    value = conform(f"attention_scores[{layer}]", model.model_type, value, current)
+    args, kwargs = site.inputs
+    native = args[0] if args else kwargs["input"]
+    if entry.heads is not None:
+        value = value.reshape(-1, *value.shape[2:])
+        rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
+        if rows is not None:
+            merged = native.clone()
+            merged[rows[0] : rows[1]] = value
+            value = merged
+    site.inputs = ((value, *args[1:]), kwargs) if args else (args, {**kwargs, "input": value})
+
+
+def _read_scores(model: StandardizedTransformer, layer: int, entry: Located) -> torch.Tensor:
+    args, kwargs = _resolve(envoy_at(model.layers[layer], entry.attention), entry.softmax).inputs
+    native = args[0] if args else kwargs["input"]
+    if entry.heads is None:
+        return native
+    rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
+    if rows is not None:
+        native = native.narrow(0, rows[0], rows[1] - rows[0])
+    return native.view(-1, entry.heads, *native.shape[1:])
+
+
 def _located(model: StandardizedTransformer, layer: int) -> Located:
     probs = model.binding.attention
     if probs is None:
@@ -278,7 +328,7 @@ def locate_all(model: StandardizedTransformer, binding: Binding) -> list[Located
         if kind not in by_class:
             by_class[kind] = discover_probability_ops(model, index, attention)
         found = by_class[kind]
-        entries.append(found if isinstance(found, str) else Located(found, attention))
+        entries.append(found if isinstance(found, str) else Located(found[0], attention, softmax=found[1]))
     try:
         failure = _validate(model, entries)
     except Exception as error:  # noqa: BLE001 - any failure to read or write them means unverified
@@ -330,7 +380,42 @@ def _validate(model: StandardizedTransformer, entries: list[Any]) -> str | None:
             out["changed"] = model.logits.save()
         if torch.equal(out["changed"], out["logits"]):
             return f"layer {first}: writing the probabilities did not change the logits"
+        _validate_scores(model, entries, layers, prompts, dict(zip(layers, saved)))
     return None
+
+
+def _validate_scores(
+    model: StandardizedTransformer,
+    entries: list[Any],
+    layers: list[int],
+    prompts: list[str],
+    probs: dict[int, torch.Tensor],
+) -> None:
+    """Mark each layer's scores available when their softmax gives its probabilities, else say why."""
+    scores: list[Any] = []
+    try:
+        with torch.no_grad(), model.trace(prompts):
+            for i in layers:
+                scores.append(_read_scores(model, i, entries[i]).save())
+    except Exception as error:  # noqa: BLE001 - any failure to read them means unverified
+        reason = f"the softmax's input could not be read ({type(error).__name__}: {error})"
+        for i in layers:
+            entries[i] = entries[i]._replace(scores=reason)
+        return
+    for i, raw in zip(layers, scores):
+        native = probs[i]
+        expected = native.view(raw.shape) if entries[i].heads is not None and native.dim() == 3 else native
+        if raw.shape != expected.shape:
+            entries[i] = entries[i]._replace(
+                scores=f"the softmax's input has shape {tuple(raw.shape)}, the probabilities {tuple(expected.shape)} "
+                "(an attention sink or extra column is normalised with them)"
+            )
+            continue
+        d = float((raw.float().softmax(dim=-1) - expected.float()).abs().max())
+        if d > 10 * probability_tolerance(expected.dtype):
+            entries[i] = entries[i]._replace(
+                scores=f"softmax of the softmax's input differs from the probabilities by {d:.3g}"
+            )
 
 
 def _check_layer(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ArchitectureError, UniterpError
 from ._families import SpecSource
+from ._internals import with_kernel_sites
 from ._layout import Layout, Locator, probe_layout
 from ._nnsight_compat import native_module
 from ._paths import module_at
@@ -158,7 +159,7 @@ def structure(model: Any, spec: ArchitectureSpec, source: SpecSource, model_type
         raise ArchitectureError(model_type, "layers", [spec.layers], "no module at that path")
     config = text_config(model.config)
     sizes = read_sizes(config, spec, root, len(stack))
-    layout = probe_layout(model, spec, model_type, sizes.hidden_size)
+    layout = with_kernel_sites(model, probe_layout(model, spec, model_type, sizes), spec.layers, sizes)
     spec = _checked_final_norm(spec, source, layout, model_type)
 
     def number(key: str | None) -> float | None:

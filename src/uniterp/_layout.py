@@ -21,6 +21,7 @@ from ._errors import ArchitectureError
 from ._nnsight_compat import native_module, quiet_fake_tensor_logs, tensor_version
 from ._paths import has_path, join, module_at
 from ._rules import PROBE_PROMPTS
+from ._sizes import Sizes
 from ._spec import ArchitectureSpec, LayerPaths
 
 __all__ = ["LAYER_SITES", "Layout", "Locator", "probe_layout", "to_native", "to_standard"]
@@ -60,6 +61,14 @@ class Locator:
         n_streams: Number of residual streams (1 without ``streams``).
         seq_first: The model keeps hidden states as ``(seq, batch, hidden)``
             (XLNet); they are shown as ``(batch, seq, hidden)``.
+        op: An operation inside the module's forward (a ``.source`` label path,
+            e.g. the attention-kernel call) whose input or output holds the value,
+            instead of the module's own input or output.
+        heads: The last dimension is ``heads * head_dim`` natively and shown split
+            as ``(..., heads, head_dim)`` (the input of the attention's output
+            projection).
+        expect: The standard shape the value must have (``None`` for any size),
+            checked when it is read; for values found by operation, not by the probe.
     """
 
     path: str
@@ -72,6 +81,9 @@ class Locator:
     streams: Literal["split", "packed", "leading"] | None = None
     n_streams: int = 1
     seq_first: bool = False
+    op: tuple[str, ...] = ()
+    heads: int | None = None
+    expect: tuple[int | None, ...] | None = None
 
 
 def to_standard(loc: Locator, value: torch.Tensor) -> torch.Tensor:
@@ -82,6 +94,8 @@ def to_standard(loc: Locator, value: torch.Tensor) -> torch.Tensor:
         return value.unflatten(-1, (loc.n_streams, -1))
     if loc.streams == "leading":
         return value.permute(1, 2, 0, 3)
+    if loc.heads is not None:
+        return value.unflatten(-1, (loc.heads, -1))
     return value
 
 
@@ -93,6 +107,8 @@ def to_native(loc: Locator, value: torch.Tensor) -> torch.Tensor:
         return value.flatten(-2)
     if loc.streams == "leading":
         return value.permute(2, 0, 1, 3)
+    if loc.heads is not None:
+        return value.flatten(-2)
     return value
 
 
@@ -155,7 +171,7 @@ class _Seen:
     kwargs: dict[str, Any]
     output: Any
     calls: int = 1
-    #: when the module finished, counted over every watched module (forward order)
+    #: when the module last finished, counted over every watched module (forward order)
     finished: int = 0
     # (where, tensor, version at hook time): where is ("arg", i), ("kwarg", k) or ("out", i|None)
     live: list[tuple[tuple[str, Any], torch.Tensor, int]] = field(default_factory=list)
@@ -166,9 +182,9 @@ class _Seen:
 
 
 def _meta(x: Any) -> Any:
-    """Replace tensors by ``("T", shape)`` so nothing fake outlives the probe."""
+    """Replace tensors by ``("T", shape, floating)`` so nothing fake outlives the probe."""
     if isinstance(x, torch.Tensor):
-        return ("T", tuple(x.shape))
+        return ("T", tuple(x.shape), x.is_floating_point())
     if isinstance(x, (tuple, list)):
         return tuple(_meta(y) for y in x)
     if x is None:
@@ -177,7 +193,7 @@ def _meta(x: Any) -> Any:
 
 
 def _is_tensor(m: Any) -> bool:
-    return isinstance(m, tuple) and len(m) == 2 and m[0] == "T"
+    return isinstance(m, tuple) and len(m) == 3 and m[0] == "T"
 
 
 @dataclass(frozen=True)
@@ -289,6 +305,7 @@ class _Recorder:
             self.finished += 1
             if path in self.seen:
                 self.seen[path].calls += 1
+                self.seen[path].finished = self.finished
                 return
             seen = _Seen(_meta(tuple(args)), {k: _meta(v) for k, v in kwargs.items()}, _meta(output))
             seen.finished = self.finished
@@ -310,12 +327,12 @@ class _Recorder:
         self.handles.clear()
 
 
-def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: int | None) -> Layout:
+def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, sizes: Sizes) -> Layout:
     """Run the structural probe on a `StandardizedTransformer` under construction.
 
     Example::
 
-        >>> layout = probe_layout(model, spec, "llama", 64)
+        >>> layout = probe_layout(model, spec, "llama", sizes)
         >>> layout.layers[0]["layers_output"]
         Locator(path='model.layers.0', io='output', key=None, ...)
 
@@ -328,30 +345,43 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, hidden: in
         model: The nnsight model (its module may live on the meta device).
         spec: The architecture spec.
         model_type: For error messages.
-        hidden: ``hidden_size``; values are checked against it.
+        sizes: The model's sizes; values are checked against them.
 
     Raises:
         ArchitectureError: A module is missing, never runs, or a value has the
             wrong shape.
     """
+    from ._internals import internal_locators, resolve_internal_modules
+
     stack = _check_paths(native_module(model), spec, model_type)
     resolved = [spec.resolve_layer(block) for block in stack]
     _refuse_absent_everywhere(spec, resolved, model_type)
+    config = model.text_config
+    inner = [
+        resolve_internal_modules(block, paths.modules, model_type, config, sizes)
+        for block, paths in zip(stack, resolved)
+    ]
     embed = _embedding_path(native_module(model), spec)
-    recorder, probed_with = _record_forward(model, spec, embed, resolved, model_type)
-    want, seq_first = _expectation(model, spec, embed, recorder, model_type, hidden)
+    watched = [
+        {**paths.sites, **{s: rel for s, (rel, _) in extra.modules.items()}}
+        for paths, extra in zip(resolved, inner)
+    ]
+    recorder, probed_with = _record_forward(model, spec, embed, watched, model_type)
+    want, seq_first = _expectation(model, spec, embed, recorder, model_type, sizes.hidden_size)
     layers: list[dict[str, Locator]] = []
-    for index, paths in enumerate(resolved):
-        layers.append(
-            _layer_locators(join(spec.layers, str(index)), index, paths, recorder, want, model_type)
-        )
+    reasons: list[dict[str, str]] = []
+    for index, (paths, extra) in enumerate(zip(resolved, inner)):
+        base = join(spec.layers, str(index))
+        found, why = internal_locators(base, extra, recorder.seen, want, sizes)
+        layers.append({**_layer_locators(base, index, paths, recorder, want, model_type), **found})
+        reasons.append({**paths.reasons, **extra.reasons, **why})
     embed_seen = recorder.seen[embed]
     return Layout(
         token_embeddings=Locator(
             embed, "output", None, seq_first=seq_first, clone=embed_seen.mutated(("out", None))
         ),
         layers=tuple(FrozenDict(layer) for layer in layers),
-        unavailable=tuple(FrozenDict(paths.reasons) for paths in resolved),
+        unavailable=tuple(FrozenDict(why) for why in reasons),
         modules=tuple(FrozenDict(paths.modules) for paths in resolved),
         probed_with=probed_with,
         embedding_width=embed_seen.output[1][-1],
@@ -392,7 +422,7 @@ def _embedding_path(root: torch.nn.Module, spec: ArchitectureSpec) -> str:
 
 
 def _record_forward(
-    model: Any, spec: ArchitectureSpec, embed: str, resolved: list[LayerPaths], model_type: str
+    model: Any, spec: ArchitectureSpec, embed: str, watched: list[dict[str, str]], model_type: str
 ) -> tuple[_Recorder, str]:
     """One forward with plain hooks on every value's module: under ``scan`` if it can, else a real one."""
 
@@ -402,9 +432,9 @@ def _record_forward(
         norm = module_at(root, spec.final_norm) if spec.final_norm else None
         if norm is not None:
             recorder.watch(spec.final_norm, norm)
-        for index, paths in enumerate(resolved):
+        for index, sites in enumerate(watched):
             base = join(spec.layers, str(index))
-            for rel in paths.sites.values():
+            for rel in sites.values():
                 path = join(base, rel)
                 recorder.watch(path, root.get_submodule(path))
         return recorder

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ._errors import InputError, UnavailableError
+from ._nnsight_compat import expert_gating
 from ._weight_layouts import MOE_LAYOUTS, MLPLayout, MoELayout, mlp_layout_for
 from ._weights import linear_rows
 
@@ -359,13 +360,10 @@ def _expert_flags(experts: nn.Module, model_type: str) -> tuple[bool, bool, bool
             "W_in",
             f"{where} normalises each expert's output; W_out does not give the expert output",
         )
-    gate_fn = getattr(type(experts), "_apply_gate", None)
-    if flags["has_gate"] and getattr(gate_fn, "__qualname__", "") != "_default_apply_gate":
+    gating = expert_gating(experts)
+    if flags["has_gate"] and gating is not None:
         raise UnavailableError(
-            model_type,
-            "W_in",
-            f"{where} has a custom gating function ({getattr(gate_fn, '__qualname__', gate_fn)}), not "
-            "act(gate) * up",
+            model_type, "W_in", f"{where} has a custom gating function ({gating}), not act(gate) * up"
         )
     return flags["has_gate"], flags["has_bias"], flags["is_transposed"]
 

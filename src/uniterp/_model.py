@@ -19,6 +19,7 @@ from ._discovery import discover_spec
 from ._errors import ArchitectureError, UnavailableError
 from ._families import SpecSource, lookup_spec
 from ._inputs import check_token_ids, check_trace_inputs
+from ._internals import INTERNAL_SITES
 from ._interventions import skip_layer_range, steer_layers
 from ._layout import LAYER_SITES
 from ._loading import load_config, load_tokenizer, quiet_progress, resolve_source
@@ -28,6 +29,7 @@ from ._readout import project
 from ._runtime import Runtime
 from ._sites import (
     AttentionProbabilities,
+    AttentionScores,
     LayerList,
     LayerValues,
     conform,
@@ -145,8 +147,9 @@ class StandardizedTransformer(TransformersModel):
         self._binding: Binding | None = None
         self._envoys: dict[str, Any] = {}
         self._runtime = Runtime()
-        self._values = {name: LayerValues(self, name) for name in LAYER_SITES}
+        self._values = {name: LayerValues(self, name) for name in LAYER_SITES + INTERNAL_SITES}
         self._probs_view = AttentionProbabilities(self)
+        self._scores_view = AttentionScores(self)
         found = (spec, "given") if spec is not None else lookup_spec(model_type)
         try:
             if found is None:
@@ -374,6 +377,51 @@ class StandardizedTransformer(TransformersModel):
         doc="MLP (or MoE block) contribution of layer ``i``: ``(batch, seq, hidden)``.",
     )
 
+    queries = property(
+        lambda self: self._values["queries"],
+        doc="Queries the attention kernel receives at layer ``i`` (after rotary and q/k norms): "
+        "``(batch, n_heads, seq, head_dim)``.",
+    )
+    keys = property(
+        lambda self: self._values["keys"],
+        doc="Keys the attention kernel receives (grouped heads kept grouped; cached positions included "
+        "when generating): ``(batch, n_kv_heads, seq_k, head_dim)``.",
+    )
+    values = property(
+        lambda self: self._values["values"],
+        doc="Values the attention kernel receives: ``(batch, n_kv_heads, seq_k, head_dim)``.",
+    )
+    queries_pre_rotary = property(
+        lambda self: self._values["queries_pre_rotary"],
+        doc="Queries before the rotary embedding (after q norms): ``(batch, n_heads, seq, head_dim)``.",
+    )
+    keys_pre_rotary = property(
+        lambda self: self._values["keys_pre_rotary"],
+        doc="Keys before the rotary embedding (after k norms): ``(batch, n_kv_heads, seq, head_dim)``.",
+    )
+    head_outputs = property(
+        lambda self: self._values["head_outputs"],
+        doc="Each head's output, the input of the attention's output projection split per head: "
+        "``(batch, seq, n_heads, head_dim)``.",
+    )
+    mlp_neurons = property(
+        lambda self: self._values["mlp_neurons"],
+        doc="The MLP's neurons, the input of its down projection (after the activation and the gate "
+        "product): ``(batch, seq, d_mlp)``.",
+    )
+    router_logits = property(
+        lambda self: self._values["router_logits"],
+        doc="A mixture of experts' router logits: ``(batch, seq, n_experts)``.",
+    )
+    expert_indices = property(
+        lambda self: self._values["expert_indices"],
+        doc="The experts each token is routed to: ``(batch, seq, k)`` (long).",
+    )
+    expert_weights = property(
+        lambda self: self._values["expert_weights"],
+        doc="The routing weights of those experts: ``(batch, seq, k)``.",
+    )
+
     @property
     def attention_probabilities(self) -> AttentionProbabilities:
         """Attention probabilities of layer ``i``: ``(batch, heads, q, k)``. Writable.
@@ -382,6 +430,14 @@ class StandardizedTransformer(TransformersModel):
         Unavailable on layers without softmax attention, with the reason.
         """
         return self._probs_view
+
+    @property
+    def attention_scores(self) -> AttentionScores:
+        """Attention scores of layer ``i``, the softmax's input: ``(batch, heads, q, k)``. Writable.
+
+        Opt-in like `attention_probabilities` (``enable_attention_probs=True``).
+        """
+        return self._scores_view
 
     @property
     def token_embeddings(self) -> torch.Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "cache_selectable",
     "child_envoy",
     "current_mediator",
+    "expert_gating",
     "envoy_at",
     "in_step_loop",
     "in_trace",
@@ -32,6 +33,7 @@ __all__ = [
     "quiet_fake_tensor_logs",
     "refresh_envoys",
     "select_cache_rows",
+    "source_calls",
     "source_names",
     "source_op",
     "tensor_version",
@@ -168,6 +170,36 @@ def source_names(envoy: Any) -> tuple[str, ...]:
     return tuple(envoy.source.names)
 
 
+def source_calls(envoy: Any) -> tuple[str, ...]:
+    """The labels of ``envoy.source`` that are function calls (not assignments), in source order.
+
+    nnsight labels a call and an assignment to the same name alike
+    (``attention_interface = ...`` and ``attention_interface(...)``); the compiled
+    forward's source text and each label's line (``Source.compiled``) tell them apart.
+    """
+    import ast
+
+    compiled = envoy.source.compiled
+    calls: set[tuple[int, str]] = set()
+    for node in ast.walk(ast.parse(compiled.source)):
+        if isinstance(node, ast.Call):
+            parts: list[str] = []
+            func: Any = node.func
+            while True:
+                if isinstance(func, ast.Attribute):
+                    parts.append(func.attr)
+                    func = func.value
+                elif isinstance(func, ast.Subscript):
+                    func = func.value
+                elif isinstance(func, ast.Name):
+                    parts.append(func.id)
+                    break
+                else:
+                    break
+            calls.add((node.lineno, "_".join(reversed(parts))))
+    return tuple(label for label in compiled.names if (compiled.lines.get(label), op_base(label)) in calls)
+
+
 def source_op(envoy: Any, path: tuple[str, ...]) -> Any:
     """The operation at ``path`` (labels, drilling into called functions) of ``envoy.source``."""
     source = envoy.source
@@ -207,3 +239,16 @@ def cache_selectable(cache: Any) -> bool:
 def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
     """Keep only batch ``rows`` of ``cache``, in place (a CPU index works on any device)."""
     cache.batch_select_indices(rows)
+
+
+def expert_gating(experts: torch.nn.Module) -> str | None:
+    """The name of a fused experts module's custom gating function, or ``None`` for ``act(gate) * up``.
+
+    transformers 5 fused expert modules gate through ``_apply_gate``; the default
+    is the function named ``_default_apply_gate`` (compared by name, not imported).
+    """
+    gate_fn = getattr(type(experts), "_apply_gate", None)
+    if gate_fn is None:
+        return "no _apply_gate"
+    name = getattr(gate_fn, "__qualname__", "")
+    return None if name == "_default_apply_gate" else str(name or gate_fn)

@@ -16,6 +16,9 @@ __all__ = [
     "ATTENTION_CLASS",
     "BLOCK_PATTERNS",
     "CONTEXT_KEYS",
+    "DOWN_PROJECTION_NAMES",
+    "EXPERTS_NAMES",
+    "KERNEL_CALLS",
     "LAYER_COUNT_KEYS",
     "LOGIT_KEYS",
     "MLP_CHILD_NAMES",
@@ -23,9 +26,12 @@ __all__ = [
     "NORM_CLASS",
     "NOT_ATTENTION",
     "NOT_MLP",
+    "OUTPUT_PROJECTION_NAMES",
     "POSITION_EMBEDDING_NAMES",
     "PROBE_PROMPT",
     "PROBE_PROMPTS",
+    "ROTARY_CALLS",
+    "ROUTER_NAMES",
     "SIZE_KEYS",
     "STREAM_KEYS",
     "STREAM_READOUT",
@@ -148,3 +154,34 @@ APPLY_OP = re.compile(r"(^|_)(matmul|bmm|baddbmm|einsum)$")
 DRILL = re.compile(r"attention|attn|sdpa|eager", re.IGNORECASE)
 #: How many operations after the softmax its dropout may sit (assignments count as operations).
 DROPOUT_WINDOW = 10
+
+#: Calls of an attention kernel in an attention forward -> the argument index of the
+#: query (keys and values follow it). ``attention_interface(self, query, key, value, ...)``.
+KERNEL_CALLS: dict[str, int] = {
+    "attention_interface": 1,
+    "eager_attention_forward": 1,
+    "self__attn": 0,
+    "torch_nn_functional_scaled_dot_product_attention": 0,
+    "F_scaled_dot_product_attention": 0,
+}
+#: Calls that apply rotary position embeddings -> the argument index of the query (the key follows).
+ROTARY_CALLS: dict[str, int] = {"apply_rotary_pos_emb": 0}
+
+# -- projections inside attention and MLP modules (for models without a weight-layout row) ----
+
+#: The attention's output projection (its input is the heads' outputs concatenated).
+OUTPUT_PROJECTION_NAMES: tuple[str, ...] = ("o_proj", "out_proj", "dense", "c_proj", "wo", "o")
+#: The MLP's down projection (its input is the MLP's neurons).
+DOWN_PROJECTION_NAMES: tuple[str, ...] = (
+    "down_proj",
+    "c_proj",
+    "fc2",
+    "dense_4h_to_h",
+    "fc_out",
+    "w2",
+    "wo",
+    "out_proj",
+)
+#: A sparse mixture of experts: its experts module and its router.
+EXPERTS_NAMES: tuple[str, ...] = ("experts",)
+ROUTER_NAMES: tuple[str, ...] = ("gate", "router")

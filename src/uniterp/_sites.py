@@ -14,15 +14,23 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
-from ._errors import InputError, LayerIndexError, OrderError, OutsideTraceError, ShapeError, UnavailableError
+from ._errors import (
+    InputError,
+    LayerIndexError,
+    OrderError,
+    OutsideTraceError,
+    ShapeError,
+    UnavailableError,
+)
 from ._layout import Locator, to_native, to_standard
-from ._nnsight_compat import OutOfOrderError, in_step_loop, in_trace
+from ._nnsight_compat import OutOfOrderError, in_step_loop, in_trace, source_op
 
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
 
 __all__ = [
     "AttentionProbabilities",
+    "AttentionScores",
     "LayerList",
     "LayerValues",
     "conform",
@@ -70,9 +78,15 @@ def raise_order_error(name: str, error: Exception) -> NoReturn:
     ) from error
 
 
+def _target(model: StandardizedTransformer, loc: Locator) -> Any:
+    """The envoy whose input/output holds the value: the module's, or an operation's inside it."""
+    envoy = model._envoy(loc.path)
+    return source_op(envoy, loc.op) if loc.op else envoy
+
+
 def _native_value(model: StandardizedTransformer, name: str, loc: Locator) -> Any:
     """The value at ``loc`` as the module sees it (before unflattening or re-layout)."""
-    envoy = model._envoy(loc.path)
+    envoy = _target(model, loc)
     try:
         if loc.io == "output":
             value = envoy.output
@@ -103,7 +117,27 @@ def read_value(model: StandardizedTransformer, name: str, loc: Locator) -> torch
     if loc.clone:
         value = value.clone()
         model._runtime.watch(name, value)
-    return to_standard(loc, value)
+    value = to_standard(loc, value)
+    if loc.expect is not None:
+        _check_expected(model, name, loc, value)
+    return value
+
+
+def _check_expected(model: StandardizedTransformer, name: str, loc: Locator, value: Any) -> None:
+    """A value found by operation must have the shape the binding expects, or it is refused."""
+    shape = tuple(getattr(value, "shape", ()))
+    expect = loc.expect or ()
+    if len(shape) != len(expect) or any(e is not None and e != d for e, d in zip(expect, shape)):
+        wanted = "(" + ", ".join("*" if e is None else str(e) for e in expect) + ")"
+        hint = ""
+        if len(shape) == len(expect) and expect[-1] is not None and shape[-1] < expect[-1]:
+            hint = " (it receives part of each head: a partial rotary embedding)"
+        raise UnavailableError(
+            model.model_type,
+            name,
+            f"{loc.path}.source.{'.'.join(loc.op)} receives {loc.io} {loc.key} of shape {shape}, not "
+            f"{wanted}{hint}",
+        )
 
 
 def conform(name: str, model_type: str, value: Any, current: torch.Tensor) -> torch.Tensor:
@@ -120,7 +154,7 @@ def conform(name: str, model_type: str, value: Any, current: torch.Tensor) -> to
         )
     if value.shape != current.shape:
         raise ShapeError(
-            f"{name} of {model_type} has shape {tuple(current.shape)} {_dims(current)}; the tensor written "
+            f"{name} of {model_type} has shape {tuple(current.shape)} {_dims_of(name, current)}; the tensor written "
             f"has shape {tuple(value.shape)}. Write a tensor of exactly that shape (no broadcasting), e.g. "
             f"`model.{name} = model.{name} + delta`."
         )
@@ -134,13 +168,51 @@ def conform(name: str, model_type: str, value: Any, current: torch.Tensor) -> to
     return value.to(current.device)
 
 
+def _dims_of(name: str, value: torch.Tensor) -> str:
+    site = name.split("[")[0]
+    return SHAPES.get(site, _dims(value)) if site in SHAPES and site not in _RESIDUAL else _dims(value)
+
+
+_RESIDUAL = (
+    "layers_input",
+    "layers_output",
+    "attentions_input",
+    "attentions_output",
+    "mlps_input",
+    "mlps_output",
+)
+
+
 def _dims(value: torch.Tensor) -> str:
     return {3: "(batch, seq, hidden)", 4: "(batch, seq, n_streams, hidden)"}.get(value.dim(), "")
 
 
+#: Standard shapes of every per-layer value, for messages and docs.
+SHAPES: dict[str, str] = {
+    "layers_input": "(batch, seq, hidden)",
+    "layers_output": "(batch, seq, hidden)",
+    "attentions_input": "(batch, seq, hidden)",
+    "attentions_output": "(batch, seq, hidden)",
+    "mlps_input": "(batch, seq, hidden)",
+    "mlps_output": "(batch, seq, hidden)",
+    "queries": "(batch, n_heads, seq, head_dim)",
+    "keys": "(batch, n_kv_heads, seq_k, head_dim)",
+    "values": "(batch, n_kv_heads, seq_k, head_dim)",
+    "queries_pre_rotary": "(batch, n_heads, seq, head_dim)",
+    "keys_pre_rotary": "(batch, n_kv_heads, seq, head_dim)",
+    "head_outputs": "(batch, seq, n_heads, head_dim)",
+    "mlp_neurons": "(batch, seq, d_mlp)",
+    "router_logits": "(batch, seq, n_experts)",
+    "expert_indices": "(batch, seq, k)",
+    "expert_weights": "(batch, seq, k)",
+    "attention_scores": "(batch, heads, q, k)",
+    "attention_probabilities": "(batch, heads, q, k)",
+}
+
+
 def write_value(model: StandardizedTransformer, name: str, loc: Locator, value: Any) -> None:
     """Replace the value at ``loc`` in the running trace by ``value`` (checked by `conform`)."""
-    envoy = model._envoy(loc.path)
+    envoy = _target(model, loc)
     native = _native_value(model, name, loc)
     current = to_standard(loc, _unflatten(model, native) if loc.flat else native)
     value = to_native(loc, conform(name, model.model_type, value, current))
@@ -251,37 +323,83 @@ class AttentionProbabilities:
     ``enable_attention_probs=True`` or layer ``i`` has no softmax attention.
     """
 
+    _name = "attention_probabilities"
+
     def __init__(self, model: StandardizedTransformer) -> None:
         self._model = model
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def _read(self, layer: int) -> torch.Tensor:
         from ._attention import read_probabilities
 
-        i = normalize_layer(self._model, index, "attention_probabilities")
-        require_trace(f"attention_probabilities[{i}]")
-        try:
-            return read_probabilities(self._model, i)
-        except OutOfOrderError as error:
-            raise_order_error(f"attention_probabilities[{i}]", error)
+        return read_probabilities(self._model, layer)
 
-    def __setitem__(self, index: int, value: torch.Tensor) -> None:
+    def _write(self, layer: int, value: Any) -> None:
         from ._attention import write_probabilities
 
-        i = normalize_layer(self._model, index, "attention_probabilities")
-        require_trace(f"attention_probabilities[{i}]")
+        write_probabilities(self._model, layer, value)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        i = normalize_layer(self._model, index, self._name)
+        require_trace(f"{self._name}[{i}]")
         try:
-            write_probabilities(self._model, i, value)
+            return self._read(i)
         except OutOfOrderError as error:
-            raise_order_error(f"attention_probabilities[{i}]", error)
+            raise_order_error(f"{self._name}[{i}]", error)
+
+    def __setitem__(self, index: int, value: torch.Tensor) -> None:
+        i = normalize_layer(self._model, index, self._name)
+        require_trace(f"{self._name}[{i}]")
+        try:
+            self._write(i, value)
+        except OutOfOrderError as error:
+            raise_order_error(f"{self._name}[{i}]", error)
 
     def __len__(self) -> int:
         return self._model.num_layers
 
     def available(self, index: int) -> bool:
-        """Whether layer ``index`` has verified attention probabilities."""
-        i = normalize_layer(self._model, index, "attention_probabilities")
+        """Whether layer ``index`` has verified values."""
+        i = normalize_layer(self._model, index, self._name)
         entries = self._model.binding.attention
         return entries is not None and not isinstance(entries[i], str)
+
+    def __repr__(self) -> str:
+        return f"<{self._name}: {len(self)} layers of {self._model.model_type}>"
+
+
+class AttentionScores(AttentionProbabilities):
+    """``model.attention_scores``: per-layer attention scores, the softmax's input.
+
+    Example::
+
+        >>> model = StandardizedTransformer(path, enable_attention_probs=True)
+        >>> with model.trace("The Eiffel Tower is in"):
+        ...     scores = model.attention_scores[3].save()    # (batch, heads, q, k)
+
+    Scaled, soft-capped and masked as the model does before its softmax (masked
+    positions hold the model's mask value), so ``scores.softmax(-1)`` is
+    ``attention_probabilities``. Opt-in like the probabilities (eager attention);
+    unavailable with the reason where the softmax also normalises something else
+    (an attention sink).
+    """
+
+    _name = "attention_scores"
+
+    def _read(self, layer: int) -> torch.Tensor:
+        from ._attention import read_scores
+
+        return read_scores(self._model, layer)
+
+    def _write(self, layer: int, value: Any) -> None:
+        from ._attention import write_scores
+
+        write_scores(self._model, layer, value)
+
+    def available(self, index: int) -> bool:
+        """Whether layer ``index`` has verified scores."""
+        i = normalize_layer(self._model, index, self._name)
+        entries = self._model.binding.attention
+        return entries is not None and not isinstance(entries[i], str) and entries[i].scores is None
 
 
 class LayerList:

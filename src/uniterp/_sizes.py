@@ -57,6 +57,31 @@ def _size(config: Any, keys: tuple[str, ...]) -> int | None:
     return None
 
 
+def _attention_kv_heads(root: torch.nn.Module, spec: ArchitectureSpec, heads: int | None) -> int | None:
+    """The key/value head count the first attention module itself uses, where it says.
+
+    The config can mislead (Falcon's ``multi_query`` uses one key/value head whatever
+    ``num_kv_heads`` says); HF attention modules keep the count they compute with.
+    """
+    stack = module_at(root, spec.layers)
+    if not isinstance(stack, torch.nn.ModuleList) or not len(stack):
+        return None
+    for block in stack:
+        attention = spec.resolve_layer(block).modules.get("self_attn")
+        if attention is None:
+            continue
+        module = block.get_submodule(attention)
+        groups = getattr(module, "num_key_value_groups", None)
+        if isinstance(groups, int) and groups > 0 and heads and heads % groups == 0:
+            return heads // groups
+        for name in ("num_key_value_heads", "num_kv_heads"):
+            value = getattr(module, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+    return None
+
+
 def read_sizes(config: Any, spec: ArchitectureSpec, root: torch.nn.Module, num_layers: int) -> Sizes:
     """Read every size of the model bound by ``spec``.
 
@@ -79,14 +104,11 @@ def read_sizes(config: Any, spec: ArchitectureSpec, root: torch.nn.Module, num_l
 
     hidden, heads = size("hidden_size"), size("num_heads")
     kv = size("num_kv_heads")
-    if (
-        kv is None
-        and _size(config, ("multi_query",)) is None
-        and getattr(config, "multi_query", False) is True
-    ):
+    if kv is None and getattr(config, "multi_query", False) is True:
         kv = 1
     if kv is None:
         kv = heads
+    kv = _attention_kv_heads(root, spec, heads) or kv
     head_dim = size("head_dim")
     if head_dim is None and hidden is not None and heads:
         head_dim = hidden // heads

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._internals import INTERNAL_SITES
 from ._layout import LAYER_SITES
 from ._nnsight_compat import native_module
 from ._paths import module_at
@@ -133,14 +134,24 @@ def support_report(model: StandardizedTransformer) -> SupportReport:
     binding = model.binding
     layout, n = binding.layout, model.num_layers
     values: list[ValueSupport] = [ValueSupport("token_embeddings", per_layer=False)]
-    for site in LAYER_SITES:
+    for site in LAYER_SITES + INTERNAL_SITES:
         layers = tuple(i for i in range(n) if site in layout.layers[i])
         missing = {i: binding.reason(site, i) for i in range(n) if i not in layers}
         values.append(ValueSupport(site, per_layer=True, layers=layers, unavailable=missing))
     if binding.attention is None:
+        values.append(ValueSupport("attention_scores", per_layer=True, reason=PROBS_OFF))
         values.append(ValueSupport("attention_probabilities", per_layer=True, reason=PROBS_OFF))
     else:
         entries = binding.attention
+        scores = {i: e if isinstance(e, str) else e.scores for i, e in enumerate(entries)}
+        values.append(
+            ValueSupport(
+                "attention_scores",
+                per_layer=True,
+                layers=tuple(i for i, why in scores.items() if why is None),
+                unavailable={i: why for i, why in scores.items() if why is not None},
+            )
+        )
         layers = tuple(i for i, e in enumerate(entries) if not isinstance(e, str))
         missing = {i: e for i, e in enumerate(entries) if isinstance(e, str)}
         values.append(
