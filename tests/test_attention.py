@@ -279,7 +279,9 @@ def test_probabilities_that_never_arrive_are_refused_with_the_reason(monkeypatch
     """An op that never runs is reported as unavailable, not raised at load."""
     from uniterp import _attention
 
-    monkeypatch.setattr(_attention, "_probability_ops", lambda names: [("to_0", "to_0")] if "to_0" in names else [])
+    monkeypatch.setattr(
+        _attention, "_probability_ops", lambda names: [("to_0", "to_0")] if "to_0" in names else []
+    )
     model = StandardizedTransformer(tiny_model_path("xglm"), enable_attention_probs=True)
     assert not model.attention_probabilities.available(0)
     with pytest.raises(UnavailableError, match="not verified: reading them failed: OutOfOrderError"):

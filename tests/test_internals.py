@@ -170,7 +170,9 @@ def test_queries_keys_values_are_what_the_attention_kernel_receives(family: str)
         assert got["keys"].shape[1] == model.num_kv_heads  # grouped heads stay grouped
         for site, reference in (("queries", q), ("keys", k), ("values", v)):
             # eager (the recording reference) and sdpa differ only at padding positions
-            torch.testing.assert_close(_real(got[site], model, 2), _real(reference, model, 2), rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                _real(got[site], model, 2), _real(reference, model, 2), rtol=0, atol=1e-5
+            )
 
 
 @pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f not in NO_PRE_ROTARY])
@@ -260,7 +262,9 @@ def test_writing_values_equals_an_attention_function_doing_the_same(family: str)
         return eager(module, query, key, value * 0.5, attention_mask, **kwargs)
 
     _register("uniterp_test_halve", halve_values)
-    hf = AutoModelForCausalLM.from_pretrained(tiny_model_path(family), attn_implementation="uniterp_test_halve")
+    hf = AutoModelForCausalLM.from_pretrained(
+        tiny_model_path(family), attn_implementation="uniterp_test_halve"
+    )
     with torch.no_grad():
         reference = hf(**encode(model, TWO)).logits
     with torch.no_grad(), model.trace(TWO):
@@ -304,7 +308,9 @@ def test_unavailable_values_say_why(family: str, site: str, reason: str) -> None
 @pytest.mark.parametrize("family", ["phi", "stablelm"])
 def test_partial_rotary_is_refused_when_read(family: str) -> None:
     model = load_tiny(family)
-    with pytest.raises(UnavailableError, match=r"shape \(2, 4, \d+, \d+\), not \(\*, 4, \*, 16\).*part of each head"):
+    with pytest.raises(
+        UnavailableError, match=r"shape \(2, 4, \d+, \d+\), not \(\*, 4, \*, 16\).*part of each head"
+    ):
         with model.trace(TWO):
             model.queries_pre_rotary[0].save()
 

@@ -20,6 +20,19 @@ if TYPE_CHECKING:
 
 __all__ = ["CheckItem", "CheckResult", "run_checks"]
 
+#: Per-layer values the checked forward reads, in forward order (residual values and those from norms).
+_CHECKED_SITES = (
+    "layers_input",
+    "attentions_input",
+    "attentions_output",
+    "attentions_output_normed",
+    "residual_mid",
+    "mlps_input",
+    "mlps_output",
+    "mlps_output_normed",
+    "layers_output",
+)
+
 
 @dataclass(frozen=True)
 class CheckItem:
@@ -146,6 +159,7 @@ def run_checks(model: StandardizedTransformer, prompts: Sequence[str] | None = N
         result.items.append(_logits_equal_hf(model, run))
         result.items.append(_layers_chain(binding, run))
         result.items.append(_parts_add_up(binding, run))
+        result.items.append(_residual_mid_adds_up(binding, run))
         result.items.append(_lens_is_logits(binding, run))
         result.items += _writes_reach_output(model, run)
     return result
@@ -168,7 +182,7 @@ def _read_everything(model: StandardizedTransformer, binding: Binding, prompts: 
     # trace do not survive it
     layout, n = binding.layout, model.num_layers
     kwargs: dict[str, torch.Tensor] = {}
-    values: dict[str, list[Any]] = {site: [] for site in LAYER_SITES}
+    values: dict[str, list[Any]] = {site: [] for site in _CHECKED_SITES}
     out: dict[str, Any] = {}
     paths = [loc.path for layer in layout.layers for loc in layer.values()]
     capture = _NativeCapture(native_module(model), paths)
@@ -178,7 +192,7 @@ def _read_everything(model: StandardizedTransformer, binding: Binding, prompts: 
                 if isinstance(value, torch.Tensor):
                     kwargs[key] = value.save()
             for i in range(n):
-                for site in LAYER_SITES:
+                for site in _CHECKED_SITES:
                     if site in layout.layers[i]:
                         values[site].append(getattr(model, site)[i].save())
                     else:
@@ -197,8 +211,10 @@ def _item(name: str, ok: bool, detail: str, diff: float | None = None) -> CheckI
 
 def _values_equal_native(binding: Binding, run: _Run) -> list[CheckItem]:
     items = []
-    for site in LAYER_SITES:
+    for site in _CHECKED_SITES:
         layers = [i for i in range(binding.sizes.num_layers) if site in binding.layout.layers[i]]
+        if not layers and site not in LAYER_SITES:
+            continue  # values a block layout may not have are not listed where absent
         if not layers:
             items.append(CheckItem(f"{site} == native", "skipped", "unavailable on every layer"))
             continue
@@ -264,6 +280,30 @@ def _parts_add_up(binding: Binding, run: _Run) -> CheckItem:
     if block == "unknown" and ok:
         return CheckItem(name, "passed", f"detected: {counted} layers add up, max |diff| {worst:.3g}", worst)
     return CheckItem(name, "skipped", f"block layout {block!r} does not add them up (max |diff| {worst:.3g})")
+
+
+def _residual_mid_adds_up(binding: Binding, run: _Run) -> CheckItem:
+    """``residual_mid`` is the layer input plus what the attention adds (to the residual stream)."""
+    name = "residual_mid == layers_input + attn"
+    worst, ok, counted = 0.0, True, 0
+    for i in range(binding.sizes.num_layers):
+        mid, x = run.values["residual_mid"][i], run.values["layers_input"][i]
+        attn = run.values["attentions_output_normed"][i]
+        attn = attn if attn is not None else run.values["attentions_output"][i]
+        if any(v is None for v in (mid, x, attn)) or not mid.shape == x.shape == attn.shape:
+            continue
+        d = _diff(x + binding.residual_factor * attn, mid)
+        worst = max(worst, d)
+        ok = ok and d <= sum_tolerance(mid)
+        counted += 1
+    if not counted:
+        return CheckItem(name, "skipped", "no layer has residual_mid")
+    detail = f"{counted} layers, max |diff| {worst:.3g}"
+    if binding.block in ("sequential", "sandwich"):
+        return _item(name, ok, detail, worst)
+    if ok:
+        return CheckItem(name, "passed", "detected: " + detail, worst)
+    return CheckItem(name, "skipped", f"block layout {binding.block!r} adds more between them ({detail})")
 
 
 def _lens_is_logits(binding: Binding, run: _Run) -> CheckItem:

@@ -180,6 +180,10 @@ class _Seen:
         """Whether the tensor at ``where`` was modified in place after the hook ran."""
         return any(w == where and tensor_version(t) != v for w, t, v in self.live)
 
+    def tensor(self, where: tuple[str, Any]) -> torch.Tensor | None:
+        """The tensor the hook saw at ``where`` (kept alive for the probe, so identity is meaningful)."""
+        return next((t for w, t, _ in self.live if w == where), None)
+
 
 def _meta(x: Any) -> Any:
     """Replace tensors by ``("T", shape, floating)`` so nothing fake outlives the probe."""
@@ -352,6 +356,7 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, sizes: Siz
             wrong shape.
     """
     from ._internals import internal_locators, resolve_internal_modules
+    from ._norms import block_norms
 
     stack = _check_paths(native_module(model), spec, model_type)
     resolved = [spec.resolve_layer(block) for block in stack]
@@ -361,20 +366,32 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, sizes: Siz
         resolve_internal_modules(block, paths.modules, model_type, config, sizes)
         for block, paths in zip(stack, resolved)
     ]
+    norms = [
+        block_norms(block, {rel.split(".")[0] for rel in paths.sites.values() if rel})
+        for block, paths in zip(stack, resolved)
+    ]
     embed = _embedding_path(native_module(model), spec)
     watched = [
-        {**paths.sites, **{s: rel for s, (rel, _) in extra.modules.items()}}
-        for paths, extra in zip(resolved, inner)
+        {
+            **paths.sites,
+            **{s: rel for s, (rel, _) in extra.modules.items()},
+            **{f"norm:{n}": n for n in found},
+        }
+        for paths, extra, found in zip(resolved, inner, norms)
     ]
     recorder, probed_with = _record_forward(model, spec, embed, watched, model_type)
     want, seq_first = _expectation(model, spec, embed, recorder, model_type, sizes.hidden_size)
     layers: list[dict[str, Locator]] = []
     reasons: list[dict[str, str]] = []
-    for index, (paths, extra) in enumerate(zip(resolved, inner)):
+    modules: list[dict[str, str]] = []
+    for index, (paths, extra, found_norms) in enumerate(zip(resolved, inner, norms)):
         base = join(spec.layers, str(index))
         found, why = internal_locators(base, extra, recorder.seen, want, sizes)
-        layers.append({**_layer_locators(base, index, paths, recorder, want, model_type), **found})
-        reasons.append({**paths.reasons, **extra.reasons, **why})
+        locators = _layer_locators(base, index, paths, recorder, want, model_type)
+        normed, roles, unnormed = _norm_locators(base, found_norms, recorder, want, locators)
+        layers.append({**locators, **found, **normed})
+        reasons.append({**paths.reasons, **extra.reasons, **why, **unnormed})
+        modules.append({**paths.modules, **roles})
     embed_seen = recorder.seen[embed]
     return Layout(
         token_embeddings=Locator(
@@ -382,7 +399,7 @@ def probe_layout(model: Any, spec: ArchitectureSpec, model_type: str, sizes: Siz
         ),
         layers=tuple(FrozenDict(layer) for layer in layers),
         unavailable=tuple(FrozenDict(why) for why in reasons),
-        modules=tuple(FrozenDict(paths.modules) for paths in resolved),
+        modules=tuple(FrozenDict(roles) for roles in modules),
         probed_with=probed_with,
         embedding_width=embed_seen.output[1][-1],
         final_norm_runs=_final_norm_runs(spec, recorder, len(resolved)),
@@ -398,6 +415,42 @@ def _final_norm_runs(spec: ArchitectureSpec, recorder: _Recorder, n_layers: int)
     if norm is None:
         return "never"
     return "after" if last is not None and norm.finished > last.finished else "before"
+
+
+def _norm_locators(
+    base: str, norms: list[str], recorder: _Recorder, want: _Expect, locators: dict[str, Locator]
+) -> tuple[dict[str, Locator], dict[str, str], dict[str, str]]:
+    """``residual_mid`` and the post-normed sub-block outputs of one layer: locators, norm roles, reasons."""
+    from ._norms import norm_roles
+
+    roles = norm_roles(base, norms, recorder.seen, locators)
+    found: dict[str, Locator] = {}
+    reasons: dict[str, str] = {}
+    for site, role, io in (
+        ("attentions_output_normed", "attention_post_norm", "output"),
+        ("mlps_output_normed", "mlp_post_norm", "output"),
+        ("residual_mid", "mlp_norm", "input"),
+    ):
+        rel = roles.get(role)
+        if rel is None:
+            reasons[site] = (
+                "the block has no norm after this sub-block: its output is what it adds to the residual stream"
+                if site != "residual_mid"
+                else "no norm module before the MLP reads the residual stream after the attention"
+            )
+            continue
+        if site == "residual_mid" and roles.get("mlp_reads_layer_input") != "no":
+            reasons[site] = (
+                "the MLP reads the layer's input (a parallel block): there is no residual between them"
+            )
+            continue
+        path = join(base, rel)
+        located = (_input_locator if io == "input" else _output_locator)(path, recorder.seen[path], want)
+        if isinstance(located, str):
+            reasons[site] = located
+        else:
+            found[site] = located
+    return found, {k: v for k, v in roles.items() if k != "mlp_reads_layer_input"}, reasons
 
 
 def _check_paths(root: torch.nn.Module, spec: ArchitectureSpec, model_type: str) -> torch.nn.ModuleList:

@@ -24,6 +24,7 @@ from ._interventions import skip_layer_range, steer_layers
 from ._layout import LAYER_SITES
 from ._loading import load_config, load_tokenizer, quiet_progress, resolve_source
 from ._nnsight_compat import OutOfOrderError, envoy_at, native_module
+from ._norms import NORM_SITES
 from ._paths import module_at
 from ._readout import project
 from ._runtime import Runtime
@@ -147,7 +148,7 @@ class StandardizedTransformer(TransformersModel):
         self._binding: Binding | None = None
         self._envoys: dict[str, Any] = {}
         self._runtime = Runtime()
-        self._values = {name: LayerValues(self, name) for name in LAYER_SITES + INTERNAL_SITES}
+        self._values = {name: LayerValues(self, name) for name in LAYER_SITES + INTERNAL_SITES + NORM_SITES}
         self._probs_view = AttentionProbabilities(self)
         self._scores_view = AttentionScores(self)
         found = (spec, "given") if spec is not None else lookup_spec(model_type)
@@ -221,6 +222,8 @@ class StandardizedTransformer(TransformersModel):
         for index, modules in enumerate(binding.layout.modules):
             block = self._layer_list[index]
             for name, rel in modules.items():
+                if name not in ("self_attn", "mlp"):
+                    continue
                 if rel == name or name in block.__dict__ or hasattr(native_module(block), name):
                     continue
                 object.__setattr__(block, name, envoy_at(block, rel))
@@ -377,6 +380,21 @@ class StandardizedTransformer(TransformersModel):
         doc="MLP (or MoE block) contribution of layer ``i``: ``(batch, seq, hidden)``.",
     )
 
+    residual_mid = property(
+        lambda self: self._values["residual_mid"],
+        doc="The residual stream between the attention and the MLP of layer ``i`` (the input of the MLP's "
+        "norm): ``(batch, seq, hidden)``. Not on parallel blocks.",
+    )
+    attentions_output_normed = property(
+        lambda self: self._values["attentions_output_normed"],
+        doc="The attention output after the block's post-attention norm, what it adds to the residual stream "
+        "(Gemma 2/3, OLMo 2): ``(batch, seq, hidden)``.",
+    )
+    mlps_output_normed = property(
+        lambda self: self._values["mlps_output_normed"],
+        doc="The MLP output after the block's post-MLP norm, what it adds to the residual stream: "
+        "``(batch, seq, hidden)``.",
+    )
     queries = property(
         lambda self: self._values["queries"],
         doc="Queries the attention kernel receives at layer ``i`` (after rotary and q/k norms): "

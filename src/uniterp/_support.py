@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ._internals import INTERNAL_SITES
 from ._layout import LAYER_SITES
 from ._nnsight_compat import native_module
+from ._norms import NORM_SITES
 from ._paths import module_at
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def support_report(model: StandardizedTransformer) -> SupportReport:
     binding = model.binding
     layout, n = binding.layout, model.num_layers
     values: list[ValueSupport] = [ValueSupport("token_embeddings", per_layer=False)]
-    for site in LAYER_SITES + INTERNAL_SITES:
+    for site in LAYER_SITES + NORM_SITES + INTERNAL_SITES:
         layers = tuple(i for i in range(n) if site in layout.layers[i])
         missing = {i: binding.reason(site, i) for i in range(n) if i not in layers}
         values.append(ValueSupport(site, per_layer=True, layers=layers, unavailable=missing))
