@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from nnsight.modeling.transformers import TransformersModel
 
+from ._aliases import NamedValues
 from ._binding import CHECKED_SOURCES, Binding, bind_stages
 from ._discovery import discover_spec
 from ._errors import ArchitectureError, UnavailableError
@@ -149,6 +150,7 @@ class StandardizedTransformer(TransformersModel):
         self._envoys: dict[str, Any] = {}
         self._runtime = Runtime()
         self._values = {name: LayerValues(self, name) for name in LAYER_SITES + INTERNAL_SITES + NORM_SITES}
+        self._named = NamedValues(self)
         self._probs_view = AttentionProbabilities(self)
         self._scores_view = AttentionScores(self)
         found = (spec, "given") if spec is not None else lookup_spec(model_type)
@@ -448,6 +450,12 @@ class StandardizedTransformer(TransformersModel):
         Unavailable on layers without softmax attention, with the reason.
         """
         return self._probs_view
+
+    @property
+    def sites(self) -> NamedValues:
+        """Every value by any of its names: standardized (``"layers_output.3"``), TransformerLens
+        (``"blocks.3.hook_resid_post"``) or native module path (``"model.layers.3"``); see `NamedValues`."""
+        return self._named
 
     @property
     def attention_scores(self) -> AttentionScores:
