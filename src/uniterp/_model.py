@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,38 +20,32 @@ from ._errors import ArchitectureError, UnavailableError
 from ._families import SpecSource, lookup_spec
 from ._inputs import check_token_ids, check_trace_inputs
 from ._internals import INTERNAL_SITES
-from ._interventions import skip_layer_range, steer_layers
 from ._layout import LAYER_SITES
 from ._loading import load_config, load_tokenizer, quiet_progress, resolve_source
-from ._nnsight_compat import OutOfOrderError, envoy_at, native_module
+from ._methods import StandardMethods
+from ._nnsight_compat import envoy_at, native_module
 from ._norms import NORM_SITES
 from ._paths import module_at
-from ._readout import project
 from ._runtime import Runtime
 from ._sites import (
     AttentionProbabilities,
     AttentionScores,
     LayerList,
     LayerValues,
-    conform,
-    raise_order_error,
-    read_value,
-    require_trace,
-    write_value,
 )
 from ._sizes import text_config
 from ._spec import ArchitectureSpec
+from ._values import StandardValues
 
 if TYPE_CHECKING:
-    from ._check import CheckResult
-    from ._support import SupportReport
+    pass
 
 __all__ = ["StandardizedTransformer"]
 
 logger = logging.getLogger("uniterp")
 
 
-class StandardizedTransformer(TransformersModel):
+class StandardizedTransformer(StandardValues, StandardMethods, TransformersModel):
     """A HuggingFace causal LM with standardized names, on nnsight 0.8.
 
     Example::
@@ -349,307 +342,3 @@ class StandardizedTransformer(TransformersModel):
     def lens_unavailable(self) -> str | None:
         """Why `project_on_vocab` is unavailable on this model, or ``None`` when it is exact."""
         return self.binding.lens_unavailable
-
-    # -- the standard tree and values -----------------------------------------------------
-
-    @property
-    def layers(self) -> LayerList:
-        """The decoder blocks; ``layers[i].self_attn`` and ``layers[i].mlp`` inside each."""
-        return self._layer_list
-
-    layers_input = property(
-        lambda self: self._values["layers_input"],
-        doc="Residual stream entering layer ``i``: ``(batch, seq, hidden)``.",
-    )
-    layers_output = property(
-        lambda self: self._values["layers_output"],
-        doc="Residual stream leaving layer ``i``: ``(batch, seq, hidden)``.",
-    )
-    attentions_input = property(
-        lambda self: self._values["attentions_input"],
-        doc="Hidden states entering the attention of layer ``i`` (after its norm): ``(batch, seq, hidden)``.",
-    )
-    attentions_output = property(
-        lambda self: self._values["attentions_output"],
-        doc="Attention contribution of layer ``i`` (after the output projection): ``(batch, seq, hidden)``.",
-    )
-    mlps_input = property(
-        lambda self: self._values["mlps_input"],
-        doc="Hidden states entering the MLP of layer ``i`` (after its norm): ``(batch, seq, hidden)``.",
-    )
-    mlps_output = property(
-        lambda self: self._values["mlps_output"],
-        doc="MLP (or MoE block) contribution of layer ``i``: ``(batch, seq, hidden)``.",
-    )
-
-    residual_mid = property(
-        lambda self: self._values["residual_mid"],
-        doc="The residual stream between the attention and the MLP of layer ``i`` (the input of the MLP's "
-        "norm): ``(batch, seq, hidden)``. Not on parallel blocks.",
-    )
-    attentions_output_normed = property(
-        lambda self: self._values["attentions_output_normed"],
-        doc="The attention output after the block's post-attention norm, what it adds to the residual stream "
-        "(Gemma 2/3, OLMo 2): ``(batch, seq, hidden)``.",
-    )
-    mlps_output_normed = property(
-        lambda self: self._values["mlps_output_normed"],
-        doc="The MLP output after the block's post-MLP norm, what it adds to the residual stream: "
-        "``(batch, seq, hidden)``.",
-    )
-    queries = property(
-        lambda self: self._values["queries"],
-        doc="Queries the attention kernel receives at layer ``i`` (after rotary and q/k norms): "
-        "``(batch, n_heads, seq, head_dim)``.",
-    )
-    keys = property(
-        lambda self: self._values["keys"],
-        doc="Keys the attention kernel receives (grouped heads kept grouped; cached positions included "
-        "when generating): ``(batch, n_kv_heads, seq_k, head_dim)``.",
-    )
-    values = property(
-        lambda self: self._values["values"],
-        doc="Values the attention kernel receives: ``(batch, n_kv_heads, seq_k, head_dim)``.",
-    )
-    queries_pre_rotary = property(
-        lambda self: self._values["queries_pre_rotary"],
-        doc="Queries before the rotary embedding (after q norms): ``(batch, n_heads, seq, head_dim)``.",
-    )
-    keys_pre_rotary = property(
-        lambda self: self._values["keys_pre_rotary"],
-        doc="Keys before the rotary embedding (after k norms): ``(batch, n_kv_heads, seq, head_dim)``.",
-    )
-    head_outputs = property(
-        lambda self: self._values["head_outputs"],
-        doc="Each head's output, the input of the attention's output projection split per head: "
-        "``(batch, seq, n_heads, head_dim)``.",
-    )
-    mlp_neurons = property(
-        lambda self: self._values["mlp_neurons"],
-        doc="The MLP's neurons, the input of its down projection (after the activation and the gate "
-        "product): ``(batch, seq, d_mlp)``.",
-    )
-    router_logits = property(
-        lambda self: self._values["router_logits"],
-        doc="A mixture of experts' router logits: ``(batch, seq, n_experts)``.",
-    )
-    expert_indices = property(
-        lambda self: self._values["expert_indices"],
-        doc="The experts each token is routed to: ``(batch, seq, k)`` (long).",
-    )
-    expert_weights = property(
-        lambda self: self._values["expert_weights"],
-        doc="The routing weights of those experts: ``(batch, seq, k)``.",
-    )
-
-    @property
-    def attention_probabilities(self) -> AttentionProbabilities:
-        """Attention probabilities of layer ``i``: ``(batch, heads, q, k)``. Writable.
-
-        Opt-in: load with ``enable_attention_probs=True`` (eager attention).
-        Unavailable on layers without softmax attention, with the reason.
-        """
-        return self._probs_view
-
-    @property
-    def sites(self) -> NamedValues:
-        """Every value by any of its names: standardized (``"layers_output.3"``), TransformerLens
-        (``"blocks.3.hook_resid_post"``) or native module path (``"model.layers.3"``); see `NamedValues`."""
-        return self._named
-
-    @property
-    def attention_scores(self) -> AttentionScores:
-        """Attention scores of layer ``i``, the softmax's input: ``(batch, heads, q, k)``. Writable.
-
-        Opt-in like `attention_probabilities` (``enable_attention_probs=True``).
-        """
-        return self._scores_view
-
-    @property
-    def token_embeddings(self) -> torch.Tensor:
-        """Token embeddings entering the first layer's residual stream: ``(batch, seq, hidden)``. Writable.
-
-        The embedding's output, or the projection to the hidden size after it where
-        the model has one (OPT's ``project_in``); position embeddings are not added.
-        """
-        require_trace("token_embeddings")
-        return read_value(self, "token_embeddings", self.binding.layout.token_embeddings)
-
-    @token_embeddings.setter
-    def token_embeddings(self, value: torch.Tensor) -> None:
-        require_trace("token_embeddings")
-        write_value(self, "token_embeddings", self.binding.layout.token_embeddings, value)
-
-    @property
-    def logits(self) -> torch.Tensor:
-        """The model's output logits: ``(batch, seq, vocab)``. Writable; read it last."""
-        require_trace("logits")
-        try:
-            return self.output.logits
-        except OutOfOrderError as error:
-            raise_order_error("logits", error)
-
-    @logits.setter
-    def logits(self, value: torch.Tensor) -> None:
-        require_trace("logits")
-        out = self.output
-        out["logits"] = conform("logits", self._model_type, value, out["logits"])
-        self.output = out
-
-    @property
-    def next_token_probs(self) -> torch.Tensor:
-        """Softmax of the last position's logits: ``(batch, vocab)`` (left padding aligns it)."""
-        return self.logits[:, -1, :].float().softmax(dim=-1)
-
-    @property
-    def input_ids(self) -> torch.Tensor:
-        """Token ids of the batch: ``(batch, seq)``. Read it before any other value."""
-        return self._root_input("input_ids")
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """Attention mask of the batch (1 = token, 0 = padding): ``(batch, seq)``. Read first."""
-        return self._root_input("attention_mask")
-
-    def _root_input(self, name: str) -> torch.Tensor:
-        require_trace(name)
-        try:
-            args, kwargs = self.inputs
-        except OutOfOrderError as error:
-            raise_order_error(name, error)
-        if name in kwargs:
-            return kwargs[name]
-        if name == "input_ids" and args:
-            return args[0]
-        raise UnavailableError(self._model_type, name, "the forward call did not receive it")
-
-    # -- methods ------------------------------------------------------------------------------
-
-    def project_on_vocab(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm, unembedding and logit post-processing applied to ``hidden``.
-
-        ``project_on_vocab(layers_output[-1])`` equals ``logits`` on every family
-        (softcapping and logit scaling included).
-
-        Example::
-
-            >>> with model.trace("The capital of France is"):
-            ...     lens = model.project_on_vocab(model.layers_output[3]).save()
-
-        Args:
-            hidden: ``(..., hidden)`` residual-stream states (``(..., n_streams,
-                hidden)`` on models with several streams).
-
-        Returns:
-            ``(..., vocab)`` logits.
-
-        Raises:
-            ShapeError: The last dimension is not ``hidden_size``.
-            UnavailableError: The model's readout is not a function of one layer's output.
-        """
-        return project(self, hidden)
-
-    def steer(
-        self,
-        layers: int | Sequence[int],
-        steering_vector: torch.Tensor,
-        factor: float = 1.0,
-        token_positions: int | Sequence[int] | None = None,
-        batch_index: int | Sequence[int] | None = None,
-    ) -> None:
-        """Add ``factor * steering_vector`` to ``layers_output`` of the given layers.
-
-        Call inside a trace. The vector is cast to each layer's dtype and device.
-
-        Example::
-
-            >>> with model.trace("I think that"):
-            ...     model.steer([3, 4], direction, factor=4.0, token_positions=-1)
-            ...     probs = model.next_token_probs.save()
-
-        Args:
-            layers: One layer index or several (any order; applied in forward order).
-            steering_vector: ``(hidden,)``, or ``(n_positions, hidden)`` matching
-                ``token_positions``.
-            factor: Scale of the added vector.
-            token_positions: Columns of the (left-padded) batch to steer, negative
-                from the end (``-1`` is every prompt's last token); default: all.
-            batch_index: Batch rows to steer (default: all).
-
-        Raises:
-            ShapeError: The vector's last dimension is not ``hidden_size``, or a
-                2-D vector's rows do not match ``token_positions``.
-            LayerIndexError: A layer index is out of range.
-        """
-        steer_layers(self, layers, steering_vector, factor, token_positions, batch_index)
-
-    def skip_layer(self, layer: int, skip_with: torch.Tensor | None = None) -> None:
-        """Skip layer ``layer``: its output becomes its input (or ``skip_with``).
-
-        Example::
-
-            >>> with model.trace("Hello"):
-            ...     model.skip_layer(2)
-            ...     out = model.layers_output[2].save()   # equals layers_input[2]
-
-        Args:
-            layer: Layer index.
-            skip_with: ``(batch, seq, hidden)`` to use instead of the layer input.
-        """
-        self.skip_layers(layer, layer, skip_with)
-
-    def skip_layers(self, start: int, end: int, skip_with: torch.Tensor | None = None) -> None:
-        """Skip layers ``start`` to ``end`` (inclusive), passing the residual through.
-
-        Example::
-
-            >>> with model.trace("Hello"):
-            ...     model.skip_layers(1, 3)
-
-        A layer that returns a tuple gets ``(hidden, None, ...)``: attention
-        weights of skipped layers are not computed.
-
-        Args:
-            start: First skipped layer.
-            end: Last skipped layer (inclusive).
-            skip_with: ``(batch, seq, hidden)`` used as every skipped layer's
-                output; default: ``layers_input[start]``.
-        """
-        skip_layer_range(self, start, end, skip_with)
-
-    def support(self) -> SupportReport:
-        """Which standardized values this model offers, on which layers, and why not.
-
-        Example::
-
-            >>> print(model.support())
-            llama: 16 layers, block layout 'sequential'
-              token_embeddings   available
-              layers_input       available on every layer
-              ...
-        """
-        from ._support import support_report
-
-        return support_report(self)
-
-    def check(self, prompts: Sequence[str] | None = None) -> CheckResult:
-        """Run the numerical checks on a short real input; see `CheckResult`.
-
-        Example::
-
-            >>> result = model.check()
-            >>> result.passed
-            True
-
-        Args:
-            prompts: Prompts to check with (default: two built-in prompts of
-                different lengths, left-padded).
-        """
-        from ._check import run_checks
-
-        return run_checks(self, prompts)
-
-    def __repr__(self) -> str:
-        from ._support import describe_tree
-
-        return describe_tree(self)
