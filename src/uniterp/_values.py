@@ -18,6 +18,7 @@ from ._sites import (
     AttentionProbabilities,
     AttentionScores,
     LayerList,
+    LayerValues,
     conform,
     raise_order_error,
     read_value,
@@ -54,90 +55,100 @@ class StandardValues:
         """The decoder blocks; ``layers[i].self_attn`` and ``layers[i].mlp`` inside each."""
         return self._layer_list
 
-    layers_input = property(
-        lambda self: self._values["layers_input"],
-        doc="Residual stream entering layer ``i``: ``(batch, seq, hidden)``.",
-    )
-    layers_output = property(
-        lambda self: self._values["layers_output"],
-        doc="Residual stream leaving layer ``i``: ``(batch, seq, hidden)``.",
-    )
-    attentions_input = property(
-        lambda self: self._values["attentions_input"],
-        doc="Hidden states entering the attention of layer ``i`` (after its norm): ``(batch, seq, hidden)``.",
-    )
-    attentions_output = property(
-        lambda self: self._values["attentions_output"],
-        doc="Attention contribution of layer ``i`` (after the output projection): ``(batch, seq, hidden)``.",
-    )
-    mlps_input = property(
-        lambda self: self._values["mlps_input"],
-        doc="Hidden states entering the MLP of layer ``i`` (after its norm): ``(batch, seq, hidden)``.",
-    )
-    mlps_output = property(
-        lambda self: self._values["mlps_output"],
-        doc="MLP (or MoE block) contribution of layer ``i``: ``(batch, seq, hidden)``.",
-    )
+    @property
+    def layers_input(self) -> LayerValues:
+        """Residual stream entering layer ``i``: ``(batch, seq, hidden)``."""
+        return self._values["layers_input"]
 
-    residual_mid = property(
-        lambda self: self._values["residual_mid"],
-        doc="The residual stream between the attention and the MLP of layer ``i`` (the input of the MLP's "
-        "norm): ``(batch, seq, hidden)``. Not on parallel blocks.",
-    )
-    attentions_output_normed = property(
-        lambda self: self._values["attentions_output_normed"],
-        doc="The attention output after the block's post-attention norm, what it adds to the residual stream "
-        "(Gemma 2/3, OLMo 2): ``(batch, seq, hidden)``.",
-    )
-    mlps_output_normed = property(
-        lambda self: self._values["mlps_output_normed"],
-        doc="The MLP output after the block's post-MLP norm, what it adds to the residual stream: "
-        "``(batch, seq, hidden)``.",
-    )
-    queries = property(
-        lambda self: self._values["queries"],
-        doc="Queries the attention kernel receives at layer ``i`` (after rotary and q/k norms): "
-        "``(batch, n_heads, seq, head_dim)``.",
-    )
-    keys = property(
-        lambda self: self._values["keys"],
-        doc="Keys the attention kernel receives (grouped heads kept grouped; cached positions included "
-        "when generating): ``(batch, n_kv_heads, seq_k, head_dim)``.",
-    )
-    values = property(
-        lambda self: self._values["values"],
-        doc="Values the attention kernel receives: ``(batch, n_kv_heads, seq_k, head_dim)``.",
-    )
-    queries_pre_rotary = property(
-        lambda self: self._values["queries_pre_rotary"],
-        doc="Queries before the rotary embedding (after q norms): ``(batch, n_heads, seq, head_dim)``.",
-    )
-    keys_pre_rotary = property(
-        lambda self: self._values["keys_pre_rotary"],
-        doc="Keys before the rotary embedding (after k norms): ``(batch, n_kv_heads, seq, head_dim)``.",
-    )
-    head_outputs = property(
-        lambda self: self._values["head_outputs"],
-        doc="Each head's output, the input of the attention's output projection split per head: "
-        "``(batch, seq, n_heads, head_dim)``.",
-    )
-    mlp_neurons = property(
-        lambda self: self._values["mlp_neurons"],
-        doc="The MLP's neurons, the input of its down projection (after the activation and the gate "
-        "product): ``(batch, seq, d_mlp)``.",
-    )
-    router_logits = property(
-        lambda self: self._values["router_logits"],
-        doc="A mixture of experts' router logits: ``(batch, seq, n_experts)``.",
-    )
-    expert_indices = property(
-        lambda self: self._values["expert_indices"],
-        doc="The experts each token is routed to: ``(batch, seq, k)`` (long).",
-    )
-    expert_weights = property(
-        lambda self: self._values["expert_weights"],
-        doc="The routing weights of those experts: ``(batch, seq, k)``.",
-    )
+    @property
+    def layers_output(self) -> LayerValues:
+        """Residual stream leaving layer ``i``: ``(batch, seq, hidden)``."""
+        return self._values["layers_output"]
+
+    @property
+    def attentions_input(self) -> LayerValues:
+        """Hidden states entering the attention of layer ``i`` (after its norm): ``(batch, seq, hidden)``."""
+        return self._values["attentions_input"]
+
+    @property
+    def attentions_output(self) -> LayerValues:
+        """Attention contribution of layer ``i`` (after the output projection): ``(batch, seq, hidden)``."""
+        return self._values["attentions_output"]
+
+    @property
+    def mlps_input(self) -> LayerValues:
+        """Hidden states entering the MLP of layer ``i`` (after its norm): ``(batch, seq, hidden)``."""
+        return self._values["mlps_input"]
+
+    @property
+    def mlps_output(self) -> LayerValues:
+        """MLP (or MoE block) contribution of layer ``i``: ``(batch, seq, hidden)``."""
+        return self._values["mlps_output"]
+
+    @property
+    def residual_mid(self) -> LayerValues:
+        """The residual stream between the attention and the MLP of layer ``i`` (the input of the MLP's norm): ``(batch, seq, hidden)``. Not on parallel blocks."""
+        return self._values["residual_mid"]
+
+    @property
+    def attentions_output_normed(self) -> LayerValues:
+        """The attention output after the block's post-attention norm, what it adds to the residual stream (Gemma 2/3, OLMo 2): ``(batch, seq, hidden)``."""
+        return self._values["attentions_output_normed"]
+
+    @property
+    def mlps_output_normed(self) -> LayerValues:
+        """The MLP output after the block's post-MLP norm, what it adds to the residual stream: ``(batch, seq, hidden)``."""
+        return self._values["mlps_output_normed"]
+
+    @property
+    def queries(self) -> LayerValues:
+        """Queries the attention kernel receives at layer ``i`` (after rotary and q/k norms): ``(batch, n_heads, seq, head_dim)``."""
+        return self._values["queries"]
+
+    @property
+    def keys(self) -> LayerValues:
+        """Keys the attention kernel receives (grouped heads kept grouped; cached positions included when generating): ``(batch, n_kv_heads, seq_k, head_dim)``."""
+        return self._values["keys"]
+
+    @property
+    def values(self) -> LayerValues:
+        """Values the attention kernel receives: ``(batch, n_kv_heads, seq_k, head_dim)``."""
+        return self._values["values"]
+
+    @property
+    def queries_pre_rotary(self) -> LayerValues:
+        """Queries before the rotary embedding (after q norms): ``(batch, n_heads, seq, head_dim)``."""
+        return self._values["queries_pre_rotary"]
+
+    @property
+    def keys_pre_rotary(self) -> LayerValues:
+        """Keys before the rotary embedding (after k norms): ``(batch, n_kv_heads, seq, head_dim)``."""
+        return self._values["keys_pre_rotary"]
+
+    @property
+    def head_outputs(self) -> LayerValues:
+        """Each head's output, the input of the attention's output projection split per head: ``(batch, seq, n_heads, head_dim)``."""
+        return self._values["head_outputs"]
+
+    @property
+    def mlp_neurons(self) -> LayerValues:
+        """The MLP's neurons, the input of its down projection (after the activation and the gate product): ``(batch, seq, d_mlp)``."""
+        return self._values["mlp_neurons"]
+
+    @property
+    def router_logits(self) -> LayerValues:
+        """A mixture of experts' router logits: ``(batch, seq, n_experts)``."""
+        return self._values["router_logits"]
+
+    @property
+    def expert_indices(self) -> LayerValues:
+        """The experts each token is routed to: ``(batch, seq, k)`` (long)."""
+        return self._values["expert_indices"]
+
+    @property
+    def expert_weights(self) -> LayerValues:
+        """The routing weights of those experts: ``(batch, seq, k)``."""
+        return self._values["expert_weights"]
 
     @property
     def attention_probabilities(self) -> AttentionProbabilities:
