@@ -24,8 +24,13 @@ def steer_layers(
     factor: float,
     token_positions: int | Sequence[int] | None,
     batch_index: int | Sequence[int] | None,
+    prompt_positions: int | Sequence[int] | None = None,
 ) -> None:
     """Add ``factor * steering_vector`` to ``layers_output`` (see `StandardizedTransformer.steer`)."""
+    if prompt_positions is not None and token_positions is not None:
+        raise InputError(
+            "steer: pass token_positions (columns) or prompt_positions (within each prompt), not both"
+        )
     if not isinstance(steering_vector, torch.Tensor):
         try:
             steering_vector = torch.as_tensor(steering_vector)
@@ -47,18 +52,22 @@ def steer_layers(
     for layer in ordered:
         hidden = self.layers_output[layer]
         rows = _index_tensor(batch_index, hidden.shape[0], hidden.device, "batch_index")
-        cols = _index_tensor(token_positions, hidden.shape[1], hidden.device, "token_positions")
-        if steering_vector.ndim == 2 and steering_vector.shape[0] != len(cols):
+        if prompt_positions is not None:
+            cols = _prompt_columns(self, prompt_positions, hidden)[rows]  # (rows, n_positions)
+        else:
+            cols = _index_tensor(token_positions, hidden.shape[1], hidden.device, "token_positions")
+        n_cols = cols.shape[-1] if cols.dim() == 2 else len(cols)
+        if steering_vector.ndim == 2 and steering_vector.shape[0] != n_cols:
             raise ShapeError(
                 f"steer: the steering vector has {steering_vector.shape[0]} rows (n_positions, hidden) but "
-                f"token_positions selects {len(cols)} positions of layers_output[{layer}] "
+                f"the positions select {n_cols} positions of layers_output[{layer}] "
                 f"{tuple(hidden.shape)}; give one row per position, or a (hidden,) vector"
             )
         vector = steering_vector.to(dtype=hidden.dtype, device=hidden.device) * factor
         if hidden.dim() == 4 and vector.dim() == 2:  # (positions, hidden) onto every residual stream
             vector = vector.unsqueeze(-2)
         steered = hidden.clone()
-        steered[rows[:, None], cols[None, :]] += vector
+        steered[rows[:, None], cols if cols.dim() == 2 else cols[None, :]] += vector
         self.layers_output[layer] = steered
 
 
@@ -98,3 +107,31 @@ def _index_tensor(
     if any(not -size <= v < size for v in values):
         raise InputError(f"steer: {name} {values} out of range for a dimension of size {size}")
     return torch.as_tensor(values, dtype=torch.long, device=device) % size
+
+
+def _prompt_columns(
+    self: StandardizedTransformer, positions: int | Sequence[int], hidden: torch.Tensor
+) -> torch.Tensor:
+    """Columns ``(batch, n_positions)`` of positions within each prompt, from this forward's attention mask."""
+    from ._nnsight_compat import invoke_rows
+    from ._positions import mask_columns
+
+    values = [positions] if isinstance(positions, int) else list(positions)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise InputError(
+            f"steer: prompt_positions must be an int or a non-empty list of ints; got {positions!r}"
+        )
+    mask = self._runtime.mask
+    if mask is None:
+        raise InputError(
+            "steer: prompt_positions needs the batch's attention mask, which this run does not expose (a "
+            "remote run, or a forward without attention_mask); pass token_positions (columns) instead"
+        )
+    rows = invoke_rows(mask.shape[0])
+    if rows is not None:
+        mask = mask[rows[0] : rows[1]]
+    if mask.shape[0] != hidden.shape[0]:
+        raise InputError(
+            f"steer: the attention mask covers {mask.shape[0]} rows but layers_output has {hidden.shape[0]}"
+        )
+    return mask_columns(mask, values).to(hidden.device)

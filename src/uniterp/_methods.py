@@ -51,6 +51,8 @@ class StandardMethods:
         factor: float = 1.0,
         token_positions: int | Sequence[int] | None = None,
         batch_index: int | Sequence[int] | None = None,
+        *,
+        prompt_positions: int | Sequence[int] | None = None,
     ) -> None:
         """Add ``factor * steering_vector`` to ``layers_output`` of the given layers.
 
@@ -61,6 +63,8 @@ class StandardMethods:
             >>> with model.trace("I think that"):
             ...     model.steer([3, 4], direction, factor=4.0, token_positions=-1)
             ...     probs = model.next_token_probs.save()
+            >>> with model.trace(["The cat", "A dog sat"]):
+            ...     model.steer(2, direction, prompt_positions=0)   # each prompt's first token
 
         Args:
             layers: One layer index or several (any order; applied in forward order).
@@ -68,15 +72,21 @@ class StandardMethods:
                 ``token_positions``.
             factor: Scale of the added vector.
             token_positions: Columns of the (left-padded) batch to steer, negative
-                from the end (``-1`` is every prompt's last token); default: all.
+                from the end (``-1`` is every prompt's last token); they count
+                padded columns, so a non-negative column lands on different tokens
+                of prompts of different lengths. Default: all columns.
             batch_index: Batch rows to steer (default: all).
+            prompt_positions: Instead of ``token_positions``: positions within
+                each prompt's own tokens (negative from its end, non-negative
+                from its first token), as every uniterp tool counts them; a
+                position outside a prompt raises `InputError`. Local runs only.
 
         Raises:
             ShapeError: The vector's last dimension is not ``hidden_size``, or a
                 2-D vector's rows do not match ``token_positions``.
             LayerIndexError: A layer index is out of range.
         """
-        steer_layers(self, layers, steering_vector, factor, token_positions, batch_index)
+        steer_layers(self, layers, steering_vector, factor, token_positions, batch_index, prompt_positions)
 
     def skip_layer(self, layer: int, skip_with: torch.Tensor | None = None) -> None:
         """Skip layer ``layer``: its output becomes its input (or ``skip_with``).

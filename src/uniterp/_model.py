@@ -272,8 +272,7 @@ class StandardizedTransformer(StandardValues, StandardMethods, TransformersModel
                 "uniterp: tokenizer.padding_side was %r; batches are left-padded", tokenizer.padding_side
             )
             tokenizer.padding_side = "left"
-        layout = binding.layout
-        if not remote and (layout.has_flat_sites or layout.has_copies or binding.sizes.context_limit):
+        if not remote:
             self.dispatch()
             self._runtime.install(native_module(self), binding)
         return binding

@@ -1,10 +1,10 @@
 """What uniterp keeps per forward pass, with plain torch hooks on the bound modules.
 
-Three things need a look at the forward from outside nnsight's interleaving, and
-each is installed only where the binding says it is needed:
+Four things need a look at the forward from outside nnsight's interleaving:
 
 - the ``(batch, seq)`` of the batch, to unflatten values a module sees as
-  ``(batch * seq, hidden)`` (OPT's MLP);
+  ``(batch * seq, hidden)`` (OPT's MLP), and its attention mask, to turn
+  positions within prompts into columns (``steer(prompt_positions=...)``);
 - the copies handed out where the model edits a value in place later: an
   in-place edit of such a copy would not reach the model, so it is refused at the
   end of the layer (`InPlaceEditError`) rather than dropped silently;
@@ -41,6 +41,8 @@ class Runtime:
 
     def __init__(self) -> None:
         self.batch_shape: tuple[int, ...] | None = None
+        #: the attention mask of the running forward (to turn positions within prompts into columns)
+        self.mask: torch.Tensor | None = None
         self._copies: list[tuple[str, torch.Tensor, int]] = []
         self._handles: list[Any] = []
         self._hooked: torch.nn.Module | None = None
@@ -53,10 +55,7 @@ class Runtime:
             handle.remove()
         self._handles = []
         layout, limit = binding.layout, binding.sizes.context_limit
-        if layout.has_flat_sites or limit is not None:
-            self._handles.append(
-                root.register_forward_pre_hook(self._entering(binding, limit), with_kwargs=True)
-            )
+        self._handles.append(root.register_forward_pre_hook(self._entering(binding, limit), with_kwargs=True))
         if layout.has_copies:
             for layer in root.get_submodule(binding.spec.layers):
                 self._handles.append(layer.register_forward_hook(self._layer_done))
@@ -73,6 +72,8 @@ class Runtime:
             tokens = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
             if flat and isinstance(tokens, torch.Tensor):
                 self.batch_shape = tuple(tokens.shape[:2])
+            mask = kwargs.get("attention_mask")
+            self.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
             self._copies.clear()
             if limit is not None and isinstance(tokens, torch.Tensor):
                 _check_length(binding.model_type, limit, tokens, kwargs)

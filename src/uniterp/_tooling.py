@@ -106,25 +106,6 @@ def encode_prompts(
     return pad_left(model, rows), [len(row) for row in rows]
 
 
-def position_index(lengths: list[int], positions: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column indices ``(batch, n_positions)`` of ``positions`` in a left-padded batch.
-
-    Raises:
-        InputError: A position lies outside a prompt.
-    """
-    cols = torch.empty((len(lengths), len(positions)), dtype=torch.long)
-    for i, length in enumerate(lengths):
-        for j, position in enumerate(positions):
-            if not -length <= position < length:
-                raise InputError(
-                    f"position {position} is outside prompt {i}, which has {length} tokens "
-                    f"(valid: {-length} to {length - 1})"
-                )
-            cols[i, j] = width - length + position % length
-    rows = torch.arange(len(lengths)).unsqueeze(1).expand_as(cols)
-    return rows, cols
-
-
 def last_token_states(
     model: StandardizedTransformer, prompts: list[str], layers: list[int], site: str, remote: bool | str
 ) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ._errors import InputError
+from ._positions import prompt_columns
 from ._tooling import (  # noqa: F401 - re-exported for the other tools
     as_layer_list,
     as_position_list,
@@ -35,7 +36,6 @@ from ._tooling import (  # noqa: F401 - re-exported for the other tools
     encode_prompts,
     last_token_states,
     pad_left,
-    position_index,
     tokenize,
     use_remote,
 )
@@ -191,7 +191,7 @@ def _lens_batch(
 ) -> tuple[torch.Tensor, ...]:
     """One forward: ``(batch, n_layers, n_positions, ...)`` results on the CPU."""
     encoding, lengths = encode_prompts(model, prompts)
-    rows, cols = position_index(lengths, positions, encoding["input_ids"].shape[1])
+    rows, cols = prompt_columns(lengths, positions, encoding["input_ids"].shape[1])
     order = sorted(set(layers))
     read: dict[int, torch.Tensor] = {}
     stacked: list[torch.Tensor] = []
