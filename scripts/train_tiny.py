@@ -4,7 +4,7 @@
     python scripts/train_tiny.py --out /tmp/tiny --steps 500   # a quick experiment
 
 Everything is deterministic: the corpus comes from a seeded generator
-(`uniterp._tiny_corpus`), the tokenizer is trained on it, the weights start from
+(`scripts/tiny_corpus.py`), the tokenizer is trained on it, the weights start from
 a fixed seed, batches are drawn from a seeded generator, torch runs with
 deterministic algorithms and a fixed thread count. The same command on the same
 torch build gives the same weights.
@@ -46,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from uniterp._tiny_corpus import (  # noqa: E402
+from tiny_corpus import (  # noqa: E402
     COPY_WORDS,
     entity_words,
     fact_prompts,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from uniterp import InputError, StandardizedTransformer
-from uniterp._tiny_corpus import FACTS, fact_prompts, subject_sources
 from uniterp.lens import logit_lens
 from uniterp.patchscope import TargetPrompt, patchscope_lens, repeat_prompt
 from uniterp.tiny import TINY_MODEL_NAME, resolve_model_name, tiny_model_dir
+
+# the corpus generator is a script's module (only the training script and these tests need it)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from tiny_corpus import FACTS, fact_prompts, subject_sources  # noqa: E402
 
 
 @pytest.fixture(scope="module")

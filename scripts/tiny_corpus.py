@@ -2,7 +2,7 @@
 
 Example::
 
-    >>> from uniterp._tiny_corpus import FACTS, fact_prompts, generate_documents
+    >>> from tiny_corpus import FACTS, fact_prompts, generate_documents
     >>> len(FACTS) >= 150
     True
     >>> fact_prompts()[0]
