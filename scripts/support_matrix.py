@@ -42,6 +42,21 @@ from uniterp.testing import tiny_model_path
 # every type the hand table lacks is discovered afresh, so the rows written back are current
 DISCOVERED.clear()
 
+def read_internals(model):
+    # read every located internal value on every layer: site -> layers whose read failed, with the error
+    from uniterp._internals import INTERNAL_SITES
+    failed = {}
+    for site in INTERNAL_SITES:
+        for layer in range(model.num_layers):
+            if model.binding.locator(site, layer) is None:
+                continue
+            try:
+                with torch.no_grad(), model.trace(["The Eiffel Tower is in the city of", "hello world"]):
+                    getattr(model, site)[layer].save()
+            except Exception as e:
+                failed.setdefault(site, {})[str(layer)] = short(e)
+    return failed
+
 def emit(rec):
     print("@@" + json.dumps(rec), flush=True)
 
@@ -80,6 +95,10 @@ for model_type in sys.argv[1:]:
         rec["layers"] = model.num_layers
         rec["streams"] = model.binding.layout.layers[-1]["layers_output"].n_streams
         rec["status"] = "exact" if result.passed else "check failed"
+        rec["internals_read"] = read_internals(model)
+        rec["copies"] = sorted({
+            site for layer in model.binding.layout.layers for site, loc in layer.items() if loc.clone
+        })
         if not result.passed:
             rec["reason"] = result.summary()
     except Exception as e:
@@ -156,17 +175,26 @@ def write_markdown(records: list[dict], path: Path, versions: dict[str, str]) ->
         "unavailable with the reason below. A block marked *n streams* keeps n residual streams per "
         "token; its layer values are `(batch, seq, n, hidden)`.",
         "",
-        "| model_type | status | layers | attn in | attn out | mlp in | mlp out | attn probs | lens | block |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Columns *q/k/v*, *heads*, *neurons*: `queries`/`keys`/`values` (the attention kernel's inputs), "
+        "`head_outputs` and `mlp_neurons` (see [Internals](internals.md)); reasons for the gaps are in "
+        "the JSON file and `model.support()`.",
+        "",
+        "| model_type | status | layers | attn in | attn out | mlp in | mlp out | q/k/v | heads | neurons "
+        "| attn probs | lens | block |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes: list[str] = []
     for r in sorted(records, key=lambda r: r["type"]):
         if r["status"] != "exact":
-            lines.append(f"| {r['type']} | {r['status']} | | | | | | | | |")
+            lines.append(f"| {r['type']} | {r['status']} | | | | | | | | | | | |")
             notes.append(f"- **{r['type']}** ({r['status']}): {r.get('reason', '')}")
             continue
-        s = r["support"]
+        s = {k: dict(v) for k, v in r["support"].items()}
         n = r["layers"]
+        for site, bad in r.get("internals_read", {}).items():  # located, but refused when read
+            if site in s:
+                s[site]["layers"] = [i for i in s[site]["layers"] if str(i) not in bad]
+                s[site]["unavailable"] = {**s[site]["unavailable"], **bad}
         lens = s.get("project_on_vocab")
         streams = f", {r['streams']} streams" if r.get("streams", 1) > 1 else ""
         probs = r.get("attention_probabilities", {})
@@ -176,7 +204,10 @@ def write_markdown(records: list[dict], path: Path, versions: dict[str, str]) ->
         lines.append(
             f"| {r['type']} | exact{' (discovered)' if r.get('discovered') else ''} | {_cell(s['layers_output'], n)} "
             f"| {_cell(s['attentions_input'], n)} | {_cell(s['attentions_output'], n)} "
-            f"| {_cell(s['mlps_input'], n)} | {_cell(s['mlps_output'], n)} | {p} "
+            f"| {_cell(s['mlps_input'], n)} | {_cell(s['mlps_output'], n)} "
+            f"| {_cell(s['queries'], n) if 'queries' in s else '—'} "
+            f"| {_cell(s['head_outputs'], n) if 'head_outputs' in s else '—'} "
+            f"| {_cell(s['mlp_neurons'], n) if 'mlp_neurons' in s else '—'} | {p} "
             f"| {_cell(lens, n) if lens else '✓'} | {r.get('block', '')}{streams} |"
         )
         reasons = {
