@@ -585,13 +585,21 @@ def test_model_members_nnterp_has(model, path: str) -> None:
     from uniterp.nnterp import load_model
 
     assert not model.attn_probs_available
-    hidden = torch.randn(2, 768)
+    hidden = torch.randn(2, 768, generator=torch.Generator().manual_seed(0))
     closest = model.get_topk_closest_tokens(hidden, k=3)
     assert len(closest) == 2 and all(len(row) == 3 for row in closest)
-    with torch.no_grad():
-        expected = model.project_on_vocab(hidden).float().softmax(-1).topk(3)
-    names = model.tokenizer.convert_ids_to_tokens(expected.indices[0].tolist())
-    assert list(closest[0]) == names
+    with torch.no_grad():  # reference: final norm and unembedding of the plain HF modules
+        head = model.lm_head._module
+        logits = head(model.ln_final._module(hidden))
+    expected = logits.float().softmax(-1).topk(3)
+    for row in range(2):
+        names = model.tokenizer.convert_ids_to_tokens(expected.indices[row].tolist())
+        names = [n if n is not None else f"<id {i}>" for n, i in zip(names, expected.indices[row].tolist())]
+        assert list(closest[row]) == names
+        assert list(closest[row].values()) == pytest.approx(expected.values[row].tolist(), abs=1e-6)
+    single = model.get_topk_closest_tokens(hidden[0], k=3)
+    assert list(single) == list(closest[0])
+    assert list(single.values()) == pytest.approx(list(closest[0].values()), abs=1e-6)
     with pytest.raises(ShapeError, match="hidden = 768"):
         model.get_topk_closest_tokens(torch.randn(5))
     with model.trace(["a b c", "d"]):

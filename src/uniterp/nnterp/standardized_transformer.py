@@ -314,12 +314,18 @@ class StandardizedTransformer(_UniterpTransformer):
     def probs_to_dict(self, tokens: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
         """``{token string: probability}`` for parallel ``tokens`` and ``probs`` (1-D each).
 
+        Ids the tokenizer has no token for (an unembedding padded past the
+        vocabulary) are named ``"<id N>"``.
+
         Example::
 
             >>> model.probs_to_dict(top.indices, top.values)
             {'ĠParis': 0.93, ...}
         """
-        names = self.tokenizer.convert_ids_to_tokens([int(t) for t in tokens])
+        ids = [int(t) for t in tokens]
+        names = self.tokenizer.convert_ids_to_tokens(ids)
+        # ids past the tokenizer's vocabulary (a padded unembedding) have no token: name them by id
+        names = [name if name is not None else f"<id {i}>" for name, i in zip(names, ids)]
         return {name: float(p) for name, p in zip(names, probs)}
 
     def get_topk_closest_tokens(
