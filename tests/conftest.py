@@ -1,8 +1,15 @@
-"""Shared fixtures: tiny random models, built once per session and loaded by path."""
+"""Shared fixtures: tiny random models, built once per session and loaded by path.
+
+The tiny models are cached in ``$UNITERP_TINY_CACHE``. When it is not set, the
+session creates a temporary folder for them and removes it when the session
+ends (a run leaves nothing behind); a folder the user set is kept, so it can be
+shared between runs.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,7 +17,28 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("UNITERP_TINY_CACHE", tempfile.mkdtemp(prefix="uniterp-tests-"))
+
+
+def own_cache_folder() -> str | None:
+    """Create this session's model cache unless the user set ``UNITERP_TINY_CACHE``; returns it."""
+    if os.environ.get("UNITERP_TINY_CACHE"):
+        return None
+    folder = tempfile.mkdtemp(prefix="uniterp-tests-")
+    os.environ["UNITERP_TINY_CACHE"] = folder
+    return folder
+
+
+def remove_cache_folder(folder: str | None) -> str | None:
+    """Remove the session's own cache folder; returns an error message if something is left."""
+    if folder is None:
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    if os.path.exists(folder):
+        return f"the test session's model cache {folder} could not be removed"
+    return None
+
+
+_OWN_CACHE = own_cache_folder()
 
 from uniterp import StandardizedTransformer  # noqa: E402
 from uniterp.testing import TINY_FAMILIES, tiny_model_path  # noqa: E402
@@ -84,3 +112,11 @@ def hide_uniterp_source(monkeypatch: pytest.MonkeyPatch) -> None:
         return hidden
 
     monkeypatch.setattr(local.LocalSimulationBackend, "_hide_local_modules", hide_more)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove what the session created; fail the run if it cannot."""
+    problem = remove_cache_folder(_OWN_CACHE)
+    if problem is not None:
+        session.config.get_terminal_writer().line(f"ERROR: {problem}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

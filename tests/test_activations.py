@@ -213,3 +213,97 @@ def test_bad_input() -> None:
         collect_token_activations_batched(model, PROMPTS, 2, return_activations=False)
     with pytest.raises(InputError, match="batch_size"):
         collect_token_activations_batched(model, PROMPTS, 0)
+
+
+# -- damaged batch files, file permissions, progress (issue 9) --------------------------
+
+
+def _truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garbage(path) -> None:
+    path.write_bytes(b"this is not a safetensors file" * 8)
+
+
+def _empty(path) -> None:
+    path.write_bytes(b"")
+
+
+def _wrong_key(path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"something_else": torch.zeros(2, 2, 4)}, str(path))
+
+
+def _wrong_shape(path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"activations": torch.zeros(2, 2, 3)}, str(path))  # hidden 3, not the model's
+
+
+@pytest.mark.parametrize(
+    "damage, what",
+    [
+        (_truncate, "not a readable safetensors file"),
+        (_garbage, "not a readable safetensors file"),
+        (_empty, "not a readable safetensors file"),
+        (_wrong_key, "no tensor 'activations'"),
+        (_wrong_shape, "has shape"),
+    ],
+)
+@pytest.mark.parametrize("return_activations", [True, False])
+def test_damaged_batch_file_on_resume_names_the_file_and_the_fix(
+    tmp_path, damage, what: str, return_activations: bool
+) -> None:
+    model, _ = model_and_reference("gpt2")
+    out = tmp_path / "acts"
+    expected = collect_token_activations_batched(model, PROMPTS, 2, layers=[0, 1], out_dir=out, tqdm=False)
+    damaged = out / "batch_000001.safetensors"
+    damage(damaged)
+    with pytest.raises(InputError) as info:
+        collect_token_activations_batched(
+            model, PROMPTS, 2, layers=[0, 1], out_dir=out, tqdm=False, return_activations=return_activations
+        )
+    message = str(info.value)
+    assert str(damaged) in message and what in message
+    assert "Delete batch_000001.safetensors" in message and "resume=False" in message
+    with pytest.raises(InputError, match="batch_000001.safetensors is damaged"):
+        load_token_activations(out)
+    # the fixes work: delete the file and rerun, or recompute everything
+    damaged.unlink()
+    again = collect_token_activations_batched(model, PROMPTS, 2, layers=[0, 1], out_dir=out, tqdm=False)
+    torch.testing.assert_close(again, expected)
+    damage(damaged)
+    fresh = collect_token_activations_batched(
+        model, PROMPTS, 2, layers=[0, 1], out_dir=out, tqdm=False, resume=False
+    )
+    torch.testing.assert_close(fresh, expected)
+    torch.testing.assert_close(load_token_activations(out), expected)
+
+
+def test_batch_files_get_the_usual_permissions(tmp_path) -> None:
+    model, _ = model_and_reference("gpt2")
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "acts"
+        collect_token_activations_batched(model, PROMPTS, 2, layers=[0], out_dir=out, tqdm=False)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+        os.umask(0o077)
+        activations.save_safetensors(tmp_path / "private.safetensors", {"a": torch.zeros(2)})
+        private = (tmp_path / "private.safetensors").stat().st_mode & 0o777
+    finally:
+        os.umask(previous)
+    assert modes == {name: 0o644 for name in modes}, modes  # safetensors alone writes 0600
+    assert private == 0o600  # the umask is respected, not overridden
+    assert not list(out.glob("*.tmp")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_collect_shows_a_progress_bar_only_for_several_batches(capfd: pytest.CaptureFixture[str]) -> None:
+    model, _ = model_and_reference("gpt2")
+    capfd.readouterr()
+    collect_token_activations_batched(model, PROMPTS, batch_size=len(PROMPTS), layers=[0])
+    assert "activations" not in capfd.readouterr().err
+    collect_token_activations_batched(model, PROMPTS, batch_size=2, layers=[0])
+    assert "activations" in capfd.readouterr().err

@@ -32,13 +32,26 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     assert "WARNING" not in result.stderr
     for page in (
         "index.html",
-        "quickstart/index.html",
-        "migrating-from-nnterp/index.html",
-        "api/model/index.html",
+        "quickstart.html",
+        "migrating-from-nnterp.html",
+        "api/model.html",
+        "api/nnterp.html",
     ):
         assert (site / page).is_file(), page
-    api = (site / "api" / "tools" / "index.html").read_text(encoding="utf-8")
+    api = (site / "api" / "tools.html").read_text(encoding="utf-8")
     assert "logit_lens" in api and "patchscope_lens" in api
+    # opened from disk: links point at pages, not folders, and nothing comes from a CDN
+    import re
+
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert "fonts.googleapis" not in text and "fonts.gstatic" not in text, page
+        if page.name == "404.html":  # served by a web server only: root-relative links by design
+            continue
+        for link in re.findall(r'href="([^"#?]+)"', text):
+            if "://" not in link and not link.startswith("mailto:"):
+                assert not link.endswith("/"), (page, link)
+                assert (page.parent / link).resolve().exists(), (page, link)
 
 
 RUN_PAGES = r"""
@@ -90,3 +103,46 @@ def test_readme_states_the_counts_of_the_committed_support_matrix() -> None:
     assert f"the other {len(buildable) - len(exact)} are refused" in readme
     matrix = (ROOT / "docs" / "support-matrix.md").read_text(encoding="utf-8")
     assert f"**{len(exact)} of {len(buildable)} buildable types are exact" in matrix
+
+
+def _mkdocs_config() -> dict:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # mkdocs.yml may use python tags (e.g. for emoji); they are irrelevant here
+    Loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+    return yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=Loader)
+
+
+def test_site_works_opened_from_disk() -> None:
+    config = _mkdocs_config()
+    assert config["use_directory_urls"] is False  # folder links would show a file listing from disk
+    assert config["theme"]["font"] is False  # no Google Fonts from a CDN
+    css = [ROOT / "docs" / path for path in config.get("extra_css", [])]
+    assert any("white-space: pre-wrap" in path.read_text(encoding="utf-8") for path in css), (
+        "code blocks must wrap so long comments are not cut off"
+    )
+
+
+def test_docs_state_the_embedded_model_layer_count() -> None:
+    import json
+    import re
+
+    config = json.loads((ROOT / "src" / "uniterp" / "models" / "uniterp-tiny" / "config.json").read_text())
+    layers = config["num_hidden_layers"]
+    pages = [ROOT / "README.md", ROOT / "src" / "uniterp" / "tiny.py", *sorted((ROOT / "docs").rglob("*.md"))]
+    claims = 0
+    for page in pages:
+        for paragraph in re.split(r"\n\s*\n", page.read_text(encoding="utf-8")):
+            if "uniterp-tiny" not in paragraph and page.name != "tiny-model.md":
+                continue
+            for number in re.findall(r"\b(\d+)[- ]layers?\b", paragraph):
+                assert int(number) == layers, (
+                    f"{page.relative_to(ROOT)} says {number} layers: {paragraph[:200]!r}"
+                )
+                claims += 1
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    assert f"a {layers}-layer Llama-layout model" in index
+    assert claims >= 4

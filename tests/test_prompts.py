@@ -358,3 +358,124 @@ def test_first_tokens_empty_word() -> None:
             get_first_tokens([bad], tok)
     with pytest.raises(InputError):
         get_first_tokens([3], tok)
+
+
+# -- prompts must be text (issue 9) ------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [123, [15, 16], torch.tensor([5]), b"bytes", None, ""])
+def test_prompt_refuses_non_string_prompt(bad) -> None:
+    with pytest.raises(InputError, match="Prompt.prompt"):
+        Prompt(bad, {"x": [5]})
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ({"x": "Paris"}, "list of token ids"),
+        ({"x": [5, "Paris"]}, "not int token ids"),
+        ({"x": [True]}, "not int token ids"),
+        ({5: [1]}, "not a string"),
+        ([5, 6], "dict of category"),
+    ],
+)
+def test_prompt_refuses_bad_target_tokens(targets, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        Prompt("The capital of France is", targets)
+
+
+def test_run_prompts_refuses_a_token_id_prompt() -> None:
+    model, ref = model_and_reference("gpt2")
+    token = model.tokenizer.encode(" cat")[0]
+    # a token id as the prompt was run as if it were text; now refused before any forward
+    with pytest.raises(InputError, match="must be a string"):
+        run_prompts(model, [Prompt(123, {"x": [token]})])
+    prompt = Prompt("hello world", {"x": [token]})
+    prompt.prompt = 123  # changed after construction: run_prompts checks again
+    with pytest.raises(InputError, match=r"prompts\[0\]\.prompt must be a string"):
+        run_prompts(model, [prompt])
+    prompt.prompt = "hello world"
+    expected = float(_reference_probs(ref, model.tokenizer, "hello world")[token])
+    assert run_prompts(model, [prompt])["x"].item() == pytest.approx(expected, abs=1e-7)
+
+
+# -- true labels (issue 9) -----------------------------------------------------------
+
+
+def test_results_to_dataframe_has_no_layer_for_next_token_probs() -> None:
+    pytest.importorskip("pandas")
+    model, ref = model_and_reference("gpt2")
+    prompts = _prompts(model.tokenizer)
+    results = run_prompts(model, prompts, tqdm=False)
+    assert results.per_layer is False and results.layers is None
+    df = results_to_dataframe(results, prompts)
+    assert list(df.columns) == ["prompt_index", "prompt", "category", "probability"]
+    assert len(df) == len(prompts) * len(results)
+    probs = _reference_probs(ref, model.tokenizer, PROMPT_TEXTS[1])
+    row = df[(df.prompt_index == 1) & (df.category == "animal")].iloc[0]
+    expected = sum(float(probs[t]) for t in set(prompts[1].target_tokens["animal"]))
+    assert row.probability == pytest.approx(expected, abs=1e-6)
+
+
+def test_results_to_dataframe_labels_the_layers_the_lens_read() -> None:
+    pytest.importorskip("pandas")
+    from uniterp.lens import logit_lens
+
+    model, _ = model_and_reference("gpt2")
+    prompts = _prompts(model.tokenizer)
+    every = run_prompts(model, prompts, get_probs_func=logit_lens, tqdm=False)
+    assert every.per_layer and every.layers == list(range(model.num_layers))
+    some = run_prompts(model, prompts, get_probs_func=logit_lens, func_kwargs={"layers": [-1, 0]}, tqdm=False)
+    assert some.layers == [model.num_layers - 1, 0]
+    df = results_to_dataframe(some, prompts)
+    assert list(df.columns) == ["prompt_index", "prompt", "category", "layer", "probability"]
+    assert sorted(set(df.layer)) == [0, model.num_layers - 1]
+    for category, values in every.items():
+        for i in range(len(prompts)):
+            last = df[(df.prompt_index == i) & (df.category == category) & (df.layer == model.num_layers - 1)]
+            assert last.probability.item() == pytest.approx(float(values[i, -1]), nan_ok=True)
+    # one layer is still a layer: labelled with its number, not dropped
+    one = run_prompts(model, prompts, get_probs_func=logit_lens, func_kwargs={"layers": [1]}, tqdm=False)
+    assert set(results_to_dataframe(one, prompts).layer) == {1}
+
+
+def test_results_to_dataframe_never_invents_layer_numbers() -> None:
+    pytest.importorskip("pandas")
+    model, _ = model_and_reference("gpt2")
+    prompts = _prompts(model.tokenizer)
+    two_columns = {"a": torch.rand(len(prompts), 2)}
+    with pytest.raises(InputError, match="layers="):
+        results_to_dataframe(two_columns, prompts)
+    assert "layer" not in results_to_dataframe({"a": torch.rand(len(prompts), 1)}, prompts).columns
+    assert "layer" not in results_to_dataframe({"a": torch.rand(len(prompts))}, prompts).columns
+
+    def some_rows(m, texts):  # a layer dimension that is not one row per layer of the model
+        return torch.rand(len(texts), m.num_layers - 1, m.vocab_size).softmax(-1)
+
+    unknown = run_prompts(model, prompts, get_probs_func=some_rows, tqdm=False)
+    assert unknown.per_layer and unknown.layers is None
+    with pytest.raises(InputError, match="numbers are unknown"):
+        results_to_dataframe(unknown, prompts)
+    labels = list(range(1, model.num_layers))
+    assert list(results_to_dataframe(unknown, prompts, layers=labels).layer.unique()) == labels
+
+
+# -- progress bars only when there is progress to show (issue 9) ------------------------
+
+
+def test_progress_bar_only_for_several_batches(capfd: pytest.CaptureFixture[str]) -> None:
+    from uniterp.prompts import progress_bar
+
+    assert progress_bar(None, 1, "x").disable
+    assert not progress_bar(None, 2, "x").disable
+    assert not progress_bar(True, 1, "x").disable
+    assert progress_bar(False, 5, "x").disable
+    capfd.readouterr()
+    model, _ = model_and_reference("gpt2")
+    prompts = _prompts(model.tokenizer)
+    run_prompts(model, prompts[:1])  # one prompt, one batch: silent by default
+    assert "run_prompts" not in capfd.readouterr().err
+    run_prompts(model, prompts, batch_size=2)  # two batches: a bar
+    assert "run_prompts" in capfd.readouterr().err
+    run_prompts(model, prompts[:1], tqdm=True)  # asked for
+    assert "run_prompts" in capfd.readouterr().err

@@ -36,6 +36,7 @@ __all__ = [
     "collect_token_activations_batched",
     "get_token_activations",
     "load_token_activations",
+    "save_safetensors",
 ]
 
 logger = logging.getLogger("uniterp")
@@ -187,18 +188,97 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _save_batch(path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(
+    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``tensors`` to a safetensors file, atomically, with a new file's usual permissions.
+
+    Example::
+
+        >>> save_safetensors("acts.safetensors", {"activations": acts}, {"layers": "[2, 5]"})
+
+    The safetensors library creates files readable by their owner only (mode
+    0600); the file written here gets ``0666`` minus the umask (``0644`` for the
+    common umask 022), like any file a program creates. The data go to
+    ``path + ".tmp"`` first and replace ``path`` in one step, so an
+    interrupted write never leaves a half-written file under the final name.
+
+    Args:
+        path: The file to write.
+        tensors: Name -> tensor (made contiguous).
+        metadata: String -> string metadata stored in the header.
+    """
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({_KEY: tensor.contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, target)
 
 
-def _load_batch(path: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
+def _save_batch(path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
+    save_safetensors(path, {_KEY: tensor}, meta)
 
-    return load_file(str(path))[_KEY]
+
+def _damaged(path: Path, what: str) -> InputError:
+    return InputError(
+        f"{path} is damaged ({what}); it was probably cut off by an interrupted run or overwritten. "
+        f"Delete {path.name} and rerun collect_token_activations_batched with the same arguments to "
+        "recompute that batch, or pass resume=False to recompute every batch"
+    )
+
+
+def _load_batch(path: Path, shape: tuple[int, int, int | None] | None = None, load: bool = True) -> Any:
+    """The ``(n_layers, batch, hidden)`` tensor of one batch file, or `InputError` if it is damaged.
+
+    Args:
+        path: The batch file.
+        shape: ``(n_layers, batch, hidden)`` as the run's manifest implies, checked
+            when given (``hidden`` is the last dimension; models with several
+            residual streams have a streams dimension before it).
+        load: Read the tensor; when false only the header and the file size
+            are checked (safetensors refuses a file shorter than its header
+            says) and ``None`` is returned.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            if _KEY not in keys:
+                raise _damaged(path, f"no tensor {_KEY!r}; it holds {sorted(keys)}")
+            found = tuple(handle.get_slice(_KEY).get_shape())
+            tensor = handle.get_tensor(_KEY) if load else None
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _damaged(path, f"not a readable safetensors file: {first}") from error
+    if shape is not None:
+        n_layers, rows, hidden = shape
+        fits = len(found) >= 3 and found[:2] == (n_layers, rows)
+        if not fits or (hidden is not None and found[-1] != hidden):
+            raise _damaged(
+                path,
+                f"{_KEY!r} has shape {found}; the manifest implies "
+                f"(n_layers, batch, ..., hidden) = ({n_layers}, {rows}, ..., {hidden})",
+            )
+    return tensor
 
 
 def collect_token_activations_batched(
@@ -209,7 +289,7 @@ def collect_token_activations_batched(
     idx: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
-    tqdm: bool | Callable[..., Any] = True,
+    tqdm: bool | Callable[..., Any] | None = None,
     remote: bool | str = False,
     return_activations: bool = True,
 ) -> torch.Tensor | None:
@@ -240,7 +320,8 @@ def collect_token_activations_batched(
         out_dir: Folder to stream batches into (created if needed).
         resume: Skip batches already on disk; when false, existing batch files of
             a matching run are deleted and recomputed.
-        tqdm: Show a progress bar, or a tqdm-like class.
+        tqdm: ``None`` (default): a progress bar when there is more than one
+            batch; ``True``: always; ``False``: never; or a tqdm-like class.
         remote: Passed to nnsight's ``trace``.
         return_activations: Return the concatenated tensor; with ``out_dir`` and
             ``False`` nothing is kept in memory beyond one batch.
@@ -251,7 +332,8 @@ def collect_token_activations_batched(
 
     Raises:
         InputError: Empty prompts, bad ``batch_size``, a mismatching ``out_dir``,
-            or ``return_activations=False`` without ``out_dir``.
+            a damaged batch file on resume (the message names it), or
+            ``return_activations=False`` without ``out_dir``.
     """
     texts = as_prompt_list(prompts)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -271,8 +353,11 @@ def collect_token_activations_batched(
             path = _batch_file(folder, index) if folder is not None else None
             if path is not None and resume and path.exists():
                 logger.debug("uniterp: batch %d already in %s; skipped", index, folder)
+                stored = _load_batch(
+                    path, (len(wanted), len(batch), model.hidden_size), load=return_activations
+                )
                 if return_activations:
-                    chunks.append(_load_batch(path))
+                    chunks.append(stored)
                 bar.update(1)
                 continue
             acts = get_token_activations(model, batch, layers=wanted, idx=position, remote=remote)
@@ -294,7 +379,8 @@ def load_token_activations(out_dir: str | os.PathLike[str]) -> torch.Tensor:
         >>> acts = load_token_activations("acts")       # (n_layers, n_prompts, hidden)
 
     Raises:
-        InputError: No manifest, or batches are missing (an unfinished run).
+        InputError: No manifest, batches are missing (an unfinished run), or a
+            batch file is damaged (the message names it and the fix).
     """
     folder = Path(out_dir)
     path = folder / _MANIFEST
@@ -308,4 +394,9 @@ def load_token_activations(out_dir: str | os.PathLike[str]) -> torch.Tensor:
             f"{folder} is incomplete: missing {len(missing)} batch files (first: {missing[0]}); "
             "rerun collect_token_activations_batched with the same arguments to finish it"
         )
-    return torch.cat([_load_batch(f) for f in files], dim=1)
+    n_prompts, step = int(manifest["n_prompts"]), int(manifest["batch_size"])
+    n_layers, hidden = len(manifest["layers"]), manifest.get("hidden_size")
+    return torch.cat(
+        [_load_batch(f, (n_layers, min(step, n_prompts - i * step), hidden)) for i, f in enumerate(files)],
+        dim=1,
+    )

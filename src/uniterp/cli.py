@@ -47,6 +47,20 @@ class CommandError(Exception):
 
 # -- argument parsing -----------------------------------------------------------------
 
+#: Most tokens per layer a table shows; the Python API has no such limit.
+MAX_TOP_K = 100
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and appends ``(default: X)`` where a default means something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or "default" in text or default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
 
 def _layers_arg(text: str) -> list[int] | None:
     """``"all"``, ``"3"``, ``"-1"`` or ``"0,2,4"`` as a list of ints (``None`` = all)."""
@@ -70,6 +84,50 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _top_k_arg(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_TOP_K:
+        raise argparse.ArgumentTypeError(
+            f"{value} tokens per layer is more than a table can show (at most {MAX_TOP_K}); for more, "
+            "use the Python API: logit_lens(model, prompt, top_k=K)"
+        )
+    return value
+
+
+def _text_arg(text: str) -> str:
+    """A prompt: refused when empty or only whitespace (nothing for the model to read)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty or only whitespace; give some text")
+    return text
+
+
+def _safetensors_path(text: str) -> str:
+    if not text.lower().endswith(".safetensors"):
+        suffix = os.path.splitext(text)[1] or "no extension"
+        raise argparse.ArgumentTypeError(
+            f"{text!r} ({suffix}): collect writes the safetensors format only; name the file "
+            f"{os.path.splitext(text)[0] or 'acts'}.safetensors"
+        )
+    return text
+
+
+def _common_options(top_level: bool) -> argparse.ArgumentParser:
+    """``-v`` and ``--debug``, accepted before and after the command.
+
+    On a subcommand the default is SUPPRESS, so an option given before the
+    command is not reset by the subcommand's parser.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    default: Any = False if top_level else argparse.SUPPRESS
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log what uniterp does (on stderr)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks instead of short errors"
+    )
+    return parser
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     group = parser.add_argument_group("loading")
@@ -78,14 +136,36 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "float32", "float16", "bfloat16"),
         help="weights dtype (default: the checkpoint's)",
     )
-    group.add_argument("--device", help="device or device_map for the weights, e.g. cpu, cuda, auto")
+    group.add_argument(
+        "--device", help="device or device_map for the weights, e.g. cpu, cuda, auto (default: cpu)"
+    )
     group.add_argument(
         "--trust-remote-code", action="store_true", help="allow the model's own code (off by default)"
     )
 
 
+def _add_attention_probs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attention-probs",
+        action="store_true",
+        help="also locate and validate attention probabilities (loads the model with eager attention)",
+    )
+
+
 def _add_layers_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--layers", nargs="+", type=_layers_arg, metavar="L", help=help_text)
+
+
+def _add_command(
+    commands: Any, name: str, summary: str, description: str, common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        parents=[common],
+        formatter_class=_HelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,35 +181,64 @@ def build_parser() -> argparse.ArgumentParser:
         prog="uniterp",
         description="Mechanistic-interpretability tools on any HuggingFace causal LM (uniterp).",
         epilog="MODEL is " + _MODEL_HELP + ". Run 'uniterp COMMAND --help' for a command's options.",
+        parents=[_common_options(top_level=True)],
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what uniterp does")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of short errors")
+    common = _common_options(top_level=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="offline tour on the embedded model, with an HTML report")
+    demo = _add_command(
+        commands,
+        "demo",
+        "offline tour on the embedded model, with an HTML report",
+        "Load the embedded model uniterp-tiny (no network), show ' Paris' emerging through the layers "
+        "(logit lens), a patchscope readout and a steering before/after, run model.check(), and write "
+        "an HTML report with the figures and what they show.",
+        common,
+    )
     demo.add_argument(
         "--html",
         default=os.path.join("demo-output", "report.html"),
-        help="report file (default: %(default)s)",
+        metavar="FILE",
+        help="report file; its folder is created",
     )
     demo.add_argument("--no-html", action="store_true", help="print the summary only")
 
-    lens = commands.add_parser("lens", help="logit lens: each layer's next-token guess")
+    lens = _add_command(
+        commands,
+        "lens",
+        "logit lens: each layer's next-token guess",
+        "Read every layer's residual stream at the prompt's last token through the final norm and "
+        "the unembedding, and print each layer's most likely next tokens.",
+        common,
+    )
     _add_model_options(lens)
-    lens.add_argument("prompt", metavar="PROMPT", help="the prompt")
-    lens.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="tokens per layer (5)")
+    lens.add_argument("prompt", metavar="PROMPT", type=_text_arg, help="the prompt")
+    lens.add_argument(
+        "--top-k", type=_top_k_arg, default=5, metavar="K", help=f"tokens per layer, 1 to {MAX_TOP_K}"
+    )
     _add_layers_option(lens, "layers to read (default: all)")
     lens.add_argument("--html", metavar="FILE", help="also write plotly figures to this HTML file")
 
-    scope = commands.add_parser("patchscope", help="decode a prompt's last-token state through a target")
+    scope = _add_command(
+        commands,
+        "patchscope",
+        "decode a prompt's last-token state through a target",
+        "Patch the source prompt's last-token state at each layer into a target prompt (by default "
+        "the identity prompt 'king king\\n1135 1135\\nhello hello\\n?') and print the target's most "
+        "likely next tokens: what that state encodes, layer by layer.",
+        common,
+    )
     _add_model_options(scope)
-    scope.add_argument("source", metavar="SOURCE", help="the prompt whose last-token states are decoded")
+    scope.add_argument(
+        "source", metavar="SOURCE", type=_text_arg, help="the prompt whose last-token states are decoded"
+    )
     scope.add_argument(
         "--target",
         metavar="TEXT",
-        help="target prompt; \\n is a newline (default: the identity prompt 'king king\\n1135 1135\\n"
-        "hello hello\\n?')",
+        type=_text_arg,
+        help="target prompt; \\n is a newline (default: the identity prompt)",
     )
     scope.add_argument(
         "--index",
@@ -138,30 +247,115 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="I",
         help="target token to patch, negative from the end (default: -1, the last)",
     )
-    scope.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="tokens per layer (5)")
+    scope.add_argument(
+        "--top-k", type=_top_k_arg, default=5, metavar="K", help=f"tokens per layer, 1 to {MAX_TOP_K}"
+    )
     _add_layers_option(scope, "layers to patch (default: all)")
     scope.add_argument("--html", metavar="FILE", help="also write a plotly figure to this HTML file")
 
-    check = commands.add_parser("check", help="load-time validation and numerical checks")
+    check = _add_command(
+        commands,
+        "check",
+        "load-time validation and numerical checks",
+        "Load the model (every layer's modules located, output layouts and shapes fixed), then run "
+        "model.check(): every value equals the native module's, logits equal a plain HF forward, the "
+        "lens of the last layer equals the logits, writes reach the output. Exit status 1 when a "
+        "check fails.",
+        common,
+    )
     _add_model_options(check)
+    _add_attention_probs_option(check)
 
-    collect = commands.add_parser("collect", help="save one token's activations for many prompts")
+    collect = _add_command(
+        commands,
+        "collect",
+        "save one token's activations for many prompts",
+        "Run every prompt of a text file (one per line, blank lines skipped) and save the residual "
+        "stream at one token position for the chosen layers, as a tensor 'activations' of shape "
+        "(n_layers, n_prompts, hidden) in a safetensors file with the settings in its metadata.",
+        common,
+    )
     _add_model_options(collect)
     collect.add_argument("prompts", metavar="PROMPTS.txt", help="a text file, one prompt per line")
     _add_layers_option(collect, "layers to save (default: all)")
-    collect.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
-    collect.add_argument("--idx", type=int, default=-1, help="token position in each prompt (default: -1)")
+    collect.add_argument(
+        "--out",
+        required=True,
+        type=_safetensors_path,
+        metavar="FILE.safetensors",
+        help="output file (safetensors format; its folder is created)",
+    )
+    collect.add_argument(
+        "--idx", type=int, default=-1, help="token position in each prompt, negative from the end"
+    )
     collect.add_argument(
         "--batch-size", type=_positive_int, default=32, metavar="N", help="prompts per forward"
     )
-    collect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    collect.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (shown when there are several batches)",
+    )
 
-    support = commands.add_parser("support", help="which standardized values the model supports, and why")
+    support = _add_command(
+        commands,
+        "support",
+        "which standardized values the model supports, and why",
+        "Print every standardized value (layers_output, attentions_output, ...) with the layers "
+        "where it is available and, where it is not, the reason.",
+        common,
+    )
     _add_model_options(support)
+    _add_attention_probs_option(support)
     return parser
 
 
+# -- argument checks before anything heavy runs --------------------------------------------
+
+
+def _check_writable(path: str, option: str) -> None:
+    """Refuse an output path that cannot be written, before the model is loaded.
+
+    Missing folders are fine (they are created) as long as the nearest existing
+    one is a writable folder.
+    """
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(full):
+        raise CommandError(f"{option} {path!r} is a folder; give a file name")
+    if os.path.exists(full) and not os.access(full, os.W_OK):
+        raise CommandError(f"{option} {path!r} exists and is not writable")
+    folder = os.path.dirname(full)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise CommandError(f"{option} {path!r}: {folder!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {path!r}: the folder {folder!r} is not writable")
+
+
+def _check_top_k(k: int, model: Any) -> int:
+    if k > model.vocab_size:
+        raise CommandError(
+            f"--top-k {k} is larger than the vocabulary of {model.vocab_size} tokens; give at most "
+            f"{model.vocab_size}"
+        )
+    return k
+
+
+def _cli_wording(text: str) -> str:
+    """uniterp's messages name Python arguments; on the command line, name the flag instead."""
+    return text.replace(
+        "load with enable_attention_probs=True",
+        "pass --attention-probs (in Python: enable_attention_probs=True)",
+    ).replace(
+        "StandardizedTransformer(..., enable_attention_probs=True)",
+        "--attention-probs (in Python: StandardizedTransformer(..., enable_attention_probs=True))",
+    )
+
+
 # -- loading ----------------------------------------------------------------------------
+
+logger = logging.getLogger("uniterp")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -182,24 +376,31 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _load_model(args: argparse.Namespace) -> Any:
-    """The `StandardizedTransformer` for ``args.model``, or a `CommandError`."""
+def _model_source(name: str) -> str:
+    """The folder or Hub id to load for MODEL, or a `CommandError` (no heavy imports)."""
     from .tiny import TINY_MODEL_NAME, resolve_model_name
 
-    name = args.model
     if name == TINY_MODEL_NAME:
-        source = resolve_model_name(name)
-    else:
-        source = os.path.expanduser(name)
-        if os.path.exists(source):
-            if not os.path.isdir(source):
-                raise CommandError(
-                    f"{name!r} is a file; MODEL must be a model folder, a Hub id or {TINY_MODEL_NAME!r}"
-                )
-            if not os.path.isfile(os.path.join(source, "config.json")):
-                raise CommandError(f"{name!r} holds no config.json: not a HuggingFace model folder")
-        elif _looks_like_path(name):
-            raise CommandError(f"no model folder at {name!r}")
+        return resolve_model_name(name)
+    source = os.path.expanduser(name)
+    if os.path.exists(source):
+        if not os.path.isdir(source):
+            raise CommandError(
+                f"{name!r} is a file; MODEL must be a model folder, a Hub id or {TINY_MODEL_NAME!r}"
+            )
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise CommandError(f"{name!r} holds no config.json: not a HuggingFace model folder")
+    elif _looks_like_path(name):
+        raise CommandError(f"no model folder at {name!r}")
+    return source
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """The `StandardizedTransformer` for ``args.model``, or a `CommandError`."""
+    from .tiny import TINY_MODEL_NAME
+
+    name = args.model
+    source = _model_source(name)
     _quiet_libraries()
     kwargs: dict[str, Any] = {}
     if args.dtype is not None:
@@ -210,10 +411,19 @@ def _load_model(args: argparse.Namespace) -> Any:
         kwargs["device_map"] = args.device
     if args.trust_remote_code:
         kwargs["trust_remote_code"] = True
+    if getattr(args, "attention_probs", False):
+        kwargs["enable_attention_probs"] = True
+    logger.info(
+        "uniterp: loading %s from %s (%s)",
+        name,
+        source,
+        ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "default options",
+    )
+    start = time.perf_counter()
     from ._model import StandardizedTransformer
 
     try:
-        return StandardizedTransformer(source, **kwargs)
+        model = StandardizedTransformer(source, **kwargs)
     except (OSError, ValueError) as error:
         from ._errors import UniterpError
 
@@ -224,6 +434,18 @@ def _load_model(args: argparse.Namespace) -> Any:
         if isinstance(error, OSError) and not os.path.isdir(source):
             hint = f" (no local folder by that name; offline, use a local folder or {TINY_MODEL_NAME!r})"
         raise CommandError(f"cannot load model {name!r}: {first}{hint}") from error
+    logger.info(
+        "uniterp: loaded %s in %.1fs: %s, %d layers, hidden %s, vocabulary %d, dtype %s, device %s",
+        name,
+        time.perf_counter() - start,
+        model.model_type,
+        model.num_layers,
+        model.hidden_size,
+        model.vocab_size,
+        model.dtype,
+        model.device,
+    )
+    return model
 
 
 def _label(args: argparse.Namespace, model: Any) -> str:
@@ -257,7 +479,7 @@ def _flatten_layers(values: list[list[int] | None] | None) -> list[int] | None:
 
 
 def _layer_numbers(model: Any, layers: list[int] | None) -> list[int]:
-    from .lens import as_layer_list
+    from ._tooling import as_layer_list
 
     return as_layer_list(model, layers, "--layers")
 
@@ -276,23 +498,28 @@ def _write_html(path: str, title: str, sections: list[tuple[str, Any]]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not args.no_html:
+        _check_writable(args.html, "--html")
     from .demo import run_demo
 
     return run_demo(html=None if args.no_html else args.html)
 
 
 def _cmd_lens(args: argparse.Namespace) -> int:
+    layers_arg = _flatten_layers(args.layers)
+    if args.html:
+        _check_writable(args.html, "--html")
     from .lens import logit_lens
 
     model = _load_model(args)
-    layers = _layer_numbers(model, _flatten_layers(args.layers))
-    k = min(args.top_k, model.vocab_size)
+    layers = _layer_numbers(model, layers_arg)
+    k = _check_top_k(args.top_k, model)
     top = logit_lens(model, args.prompt, layers=layers, top_k=k)
     print(f"logit lens of {args.prompt!r} on {_label(args, model)}: next token after the last position")
     print(_format_top_table(top.token_ids[0], top.probs[0], model.tokenizer, layers))
     if args.html:
+        from ._tooling import tokenize
         from .display import plot_logit_lens, plot_topk_tokens
-        from .lens import tokenize
 
         ids = tokenize(model, [args.prompt])[0]
         grid = logit_lens(model, args.prompt, layers=layers, positions=list(range(len(ids))))[0]
@@ -315,15 +542,18 @@ def _unescape(text: str) -> str:
 
 
 def _cmd_patchscope(args: argparse.Namespace) -> int:
+    layers_arg = _flatten_layers(args.layers)
+    if args.html:
+        _check_writable(args.html, "--html")
     from .patchscope import TargetPrompt, patchscope_lens, repeat_prompt
 
     target = repeat_prompt() if args.target is None else TargetPrompt(_unescape(args.target), args.index)
     if args.target is None and args.index != -1:
         target = TargetPrompt(target.prompt, args.index)
     model = _load_model(args)
-    layers = _layer_numbers(model, _flatten_layers(args.layers))
+    layers = _layer_numbers(model, layers_arg)
+    k = _check_top_k(args.top_k, model)
     probs = patchscope_lens(model, args.source, target, layers=layers)[0]  # (n_layers, vocab)
-    k = min(args.top_k, model.vocab_size)
     top = probs.topk(k, dim=-1)
     print(f"patchscope of {args.source!r} on {_label(args, model)}")
     print(f"target {target.prompt!r}, patched at token {target.index_to_patch}; next token of the target:")
@@ -348,7 +578,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(repr(model))
     print("\nnumerical checks (model.check()):", flush=True)
     result = model.check()
-    print(str(result))
+    print(_cli_wording(str(result)))
     if result.passed:
         print(f"\nPASSED: {args.model} is served exactly ({time.perf_counter() - start:.1f}s)")
         return EXIT_OK
@@ -357,6 +587,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _read_prompts(path: str) -> list[str]:
+    if os.path.isdir(path):
+        raise CommandError(f"{path!r} is a folder; give a text file with one prompt per line")
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
@@ -375,17 +607,14 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     import json
 
     prompts = _read_prompts(args.prompts)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise CommandError(f"cannot write {args.out!r}: no folder {out_dir!r}")
+    layers_arg = _flatten_layers(args.layers)
+    _check_writable(args.out, "--out")
     model = _load_model(args)
-    layers = _layer_numbers(model, _flatten_layers(args.layers))
-    from safetensors.torch import save_file
-
-    from .activations import collect_token_activations_batched
+    layers = _layer_numbers(model, layers_arg)
+    from .activations import collect_token_activations_batched, save_safetensors
 
     acts = collect_token_activations_batched(
-        model, prompts, args.batch_size, layers=layers, idx=args.idx, tqdm=not args.no_progress
+        model, prompts, args.batch_size, layers=layers, idx=args.idx, tqdm=False if args.no_progress else None
     )
     digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
     metadata = {
@@ -399,7 +628,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         "shape": "(n_layers, n_prompts, hidden)",
     }
     try:
-        save_file({"activations": acts.contiguous()}, args.out, metadata=metadata)
+        folder = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(folder, exist_ok=True)
+        save_safetensors(args.out, {"activations": acts}, metadata)
     except OSError as error:
         raise CommandError(f"cannot write {args.out!r}: {error}") from error
     print(
@@ -414,7 +645,7 @@ def _cmd_support(args: argparse.Namespace) -> int:
     support = getattr(model, "support", None)
     if support is None:
         raise CommandError("this version of uniterp has no model.support()", EXIT_FAILED)
-    print(str(support()))
+    print(_cli_wording(str(support())))
     return EXIT_OK
 
 
@@ -436,6 +667,18 @@ def _exit_code(error: BaseException) -> int:
         if isinstance(error, (InputError, LayerIndexError, ShapeError, OutsideTraceError))
         else EXIT_FAILED
     )
+
+
+def _log_to_stderr(verbose: bool) -> logging.Handler | None:
+    """With ``-v``, uniterp's log (INFO and up) goes to stderr; returns the handler to remove."""
+    if not verbose:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,14 +713,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    handler = _log_to_stderr(args.verbose)
+    previous_level = logger.level
+    try:
+        return _run(args)
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            logger.setLevel(previous_level)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _COMMANDS[args.command](args)
     except CommandError as error:
         if args.debug:
             raise
-        print(f"uniterp {args.command}: error: {error}", file=sys.stderr)
+        print(f"uniterp {args.command}: error: {_cli_wording(str(error))}", file=sys.stderr)
         return error.code
     except KeyboardInterrupt:
         print(f"uniterp {args.command}: interrupted", file=sys.stderr)
@@ -488,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._errors import UniterpError
 
         if isinstance(error, UniterpError):
-            print(f"uniterp {args.command}: error: {error}", file=sys.stderr)
+            print(f"uniterp {args.command}: error: {_cli_wording(str(error))}", file=sys.stderr)
             return _exit_code(error)
         if isinstance(error, ImportError):
             print(f"uniterp {args.command}: error: {error}", file=sys.stderr)

@@ -29,16 +29,7 @@ import torch
 
 from ._errors import InputError
 from ._positions import prompt_columns
-from ._tooling import (  # noqa: F401 - re-exported for the other tools
-    as_layer_list,
-    as_position_list,
-    as_prompt_list,
-    encode_prompts,
-    last_token_states,
-    pad_left,
-    tokenize,
-    use_remote,
-)
+from ._tooling import as_layer_list, as_position_list, as_prompt_list, encode_prompts, use_remote
 
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer

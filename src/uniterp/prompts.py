@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ._model import StandardizedTransformer
 
-__all__ = ["Prompt", "get_first_tokens", "results_to_dataframe", "run_prompts"]
+__all__ = ["Prompt", "PromptResults", "get_first_tokens", "results_to_dataframe", "run_prompts"]
 
 logger = logging.getLogger("uniterp")
 
@@ -160,14 +160,48 @@ class Prompt:
         {'city': [...]}
 
     Attributes:
-        prompt: The prompt text.
+        prompt: The prompt text (a non-empty string; token ids are refused).
         target_tokens: Category → token ids whose probabilities are summed.
         target_strings: Category → the strings the ids came from.
+
+    Raises:
+        InputError: ``prompt`` is not a non-empty string, or ``target_tokens``
+            is not a dict of category name → list of int token ids.
     """
 
     prompt: str
     target_tokens: dict[str, list[int]]
     target_strings: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_prompt_text(self.prompt, "Prompt.prompt")
+        if not isinstance(self.target_tokens, Mapping):
+            raise InputError(
+                f"Prompt.target_tokens must be a dict of category -> list of token ids, got "
+                f"{type(self.target_tokens).__name__} ({self.target_tokens!r}); build prompts with "
+                "Prompt.from_strings(text, targets, tokenizer)"
+            )
+        for category, ids in self.target_tokens.items():
+            if not isinstance(category, str):
+                raise InputError(f"Prompt.target_tokens: category {category!r} is not a string")
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, torch.Tensor)):
+                raise InputError(
+                    f"Prompt.target_tokens[{category!r}] must be a list of token ids, got "
+                    f"{type(ids).__name__} ({ids!r}); for strings use Prompt.from_strings"
+                )
+            bad = [t for t in ids if isinstance(t, bool) or not _is_integer(t)]
+            if bad:
+                raise InputError(
+                    f"Prompt.target_tokens[{category!r}] holds {bad!r}, which are not int token ids; "
+                    "for strings use Prompt.from_strings"
+                )
+        if self.target_strings is None:
+            self.target_strings = {}
+        elif not isinstance(self.target_strings, Mapping):
+            raise InputError(
+                f"Prompt.target_strings must be a dict of category -> strings, got "
+                f"{type(self.target_strings).__name__}"
+            )
 
     @classmethod
     def from_strings(
@@ -192,8 +226,7 @@ class Prompt:
         Raises:
             InputError: Empty prompt or targets, or a target that tokenizes to nothing.
         """
-        if not isinstance(prompt, str) or not prompt:
-            raise InputError(f"Prompt.from_strings: the prompt must be a non-empty string, got {prompt!r}")
+        _check_prompt_text(prompt, "Prompt.from_strings: the prompt")
         strings = _normalize_targets(targets)
         tokens = {category: get_first_tokens(words, tokenizer) for category, words in strings.items()}
         return cls(prompt=prompt, target_tokens=tokens, target_strings=strings)
@@ -222,6 +255,48 @@ class Prompt:
             index = torch.as_tensor(sorted(set(ids)), dtype=torch.long, device=probs.device)
             result[category] = probs.index_select(-1, index).sum(-1)
         return result
+
+
+class PromptResults(dict):  # type: ignore[type-arg] - dict[str, torch.Tensor]
+    """What `run_prompts` returns: category → ``(n_prompts, n_columns)`` tensor, and what the columns are.
+
+    Example::
+
+        >>> results = run_prompts(model, prompts)                  # next-token probabilities
+        >>> results["fr"].shape, results.per_layer                 # ((n_prompts, 1), False)
+        >>> results = run_prompts(model, prompts, get_probs_func=logit_lens)
+        >>> results.per_layer, results.layers                      # (True, [0, 1, ..., n_layers - 1])
+
+    A plain ``dict`` in every other respect.
+
+    Attributes:
+        per_layer: Whether the columns are layers. ``False`` for the model's
+            own next-token probabilities (one column, no layer).
+        layers: The layer number of each column when ``per_layer`` and known,
+            else ``None``.
+    """
+
+    per_layer: bool = False
+    layers: list[int] | None = None
+
+
+def _check_prompt_text(prompt: Any, what: str) -> None:
+    """A prompt is text: a token id or a list of ids would be run as something else."""
+    if not isinstance(prompt, str):
+        raise InputError(
+            f"{what} must be a string, got {type(prompt).__name__} ({prompt!r}); token ids are not "
+            "accepted as prompts: decode them first (tokenizer.decode(ids))"
+        )
+    if not prompt:
+        raise InputError(f"{what} is an empty string; give the prompt text")
+
+
+def _is_integer(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _categories(prompts: Sequence[Prompt]) -> list[str]:
@@ -306,14 +381,19 @@ def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def progress_bar(tqdm: bool | Callable[..., Any], total: int, desc: str) -> Any:
-    """A progress bar over ``total`` batches: tqdm.auto, hidden when ``tqdm`` is false,
-    or ``tqdm(total=..., desc=...)`` when ``tqdm`` is a tqdm-like class. Shared by the tools."""
+def progress_bar(tqdm: bool | Callable[..., Any] | None, total: int, desc: str) -> Any:
+    """A progress bar over ``total`` batches, shared by the tools.
+
+    ``None`` (the tools' default): tqdm.auto's bar when there is more than one
+    batch, none for a single batch; ``True``: always a bar; ``False``: never;
+    a tqdm-like class: ``tqdm(total=..., desc=...)``.
+    """
     if callable(tqdm):
         return tqdm(total=total, desc=desc)
     from tqdm.auto import tqdm as auto_tqdm
 
-    return auto_tqdm(total=total, desc=desc, disable=not tqdm)
+    show = total > 1 if tqdm is None else bool(tqdm)
+    return auto_tqdm(total=total, desc=desc, disable=not show)
 
 
 def run_prompts(
@@ -323,8 +403,8 @@ def run_prompts(
     get_probs_func: Callable[..., torch.Tensor] | None = None,
     func_kwargs: Mapping[str, Any] | None = None,
     remote: bool | str = False,
-    tqdm: bool | Callable[..., Any] = True,
-) -> dict[str, torch.Tensor]:
+    tqdm: bool | Callable[..., Any] | None = None,
+) -> PromptResults:
     """Probability of each target category after each prompt.
 
     Example::
@@ -352,25 +432,31 @@ def run_prompts(
             (a ``get_probs_func`` without a ``remote`` parameter is refused).
         remote: Passed to nnsight (``True`` for NDIF, ``"local"`` to exercise the
             serialisation path offline).
-        tqdm: Show a progress bar (``False`` to hide it), or a tqdm-like class.
+        tqdm: ``None`` (default): a progress bar when there is more than one
+            batch; ``True``: always; ``False``: never; or a tqdm-like class.
 
     Returns:
-        Category → ``(n_prompts, n_layers)`` float tensor on CPU; ``NaN`` where a
-        prompt has no targets in that category.
+        A `PromptResults` (a dict): category → ``(n_prompts, n_layers)`` float
+        tensor on CPU (``(n_prompts, 1)`` for next-token probabilities); ``NaN``
+        where a prompt has no targets in that category. Its ``per_layer`` and
+        ``layers`` say what the columns are: layers when ``get_probs_func``
+        returns a layer dimension (numbered from ``func_kwargs["layers"]``, or
+        ``0..n_layers-1`` when there is one column per layer of the model).
 
     Raises:
-        InputError: No prompts, a bad ``batch_size``, a non-`Prompt` item, or
-            ``remote`` with a ``get_probs_func`` that cannot take ``remote=``.
+        InputError: No prompts, a bad ``batch_size``, a non-`Prompt` item, a
+            prompt that is not a non-empty string, or ``remote`` with a ``get_probs_func`` that cannot take ``remote=``.
         ShapeError: ``get_probs_func`` returned the wrong shape.
     """
     prompts = list(prompts)
     if not prompts:
         raise InputError("run_prompts: empty prompt list; pass at least one Prompt")
-    for item in prompts:
+    for i, item in enumerate(prompts):
         if not isinstance(item, Prompt):
             raise InputError(
                 f"run_prompts: expected Prompt objects (see Prompt.from_strings), got {type(item).__name__}"
             )
+        _check_prompt_text(item.prompt, f"run_prompts: prompts[{i}].prompt")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"run_prompts: batch_size must be a positive int, got {batch_size!r}")
     use_remote(remote)
@@ -385,6 +471,7 @@ def run_prompts(
     categories = _categories(prompts)
     _check_token_ids(prompts, model.vocab_size)
     chunks: list[torch.Tensor] = []
+    per_layer = False
     n_batches = (len(prompts) + batch_size - 1) // batch_size
     with progress_bar(tqdm, n_batches, "run_prompts") as bar:
         for start in range(0, len(prompts), batch_size):
@@ -398,6 +485,7 @@ def run_prompts(
                     probs = get_probs_func(model, texts, **kwargs)
                 if not isinstance(probs, torch.Tensor):
                     raise ShapeError(f"get_probs_func returned {type(probs).__name__}, expected a tensor")
+                per_layer = probs.ndim == 3
                 if probs.ndim == 2:
                     probs = probs[:, None, :]
                 if probs.ndim != 3 or probs.shape[0] != len(batch):
@@ -412,7 +500,26 @@ def run_prompts(
             chunks.append(sums)
             bar.update(1)
     stacked = torch.cat(chunks, dim=0)  # (n_prompts, n_layers, n_categories)
-    return {category: stacked[:, :, c].contiguous() for c, category in enumerate(categories)}
+    results = PromptResults(
+        {category: stacked[:, :, c].contiguous() for c, category in enumerate(categories)}
+    )
+    results.per_layer = per_layer
+    if per_layer:
+        results.layers = _column_layers(model, kwargs.get("layers"), stacked.shape[1])
+    return results
+
+
+def _column_layers(model: StandardizedTransformer, layers: Any, n_columns: int) -> list[int] | None:
+    """Layer numbers of ``n_columns`` per-layer results, when they can be known."""
+    if layers is None:
+        return list(range(n_columns)) if n_columns == model.num_layers else None
+    try:
+        from ._tooling import as_layer_list
+
+        numbers = as_layer_list(model, layers)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return numbers if len(numbers) == n_columns else None
 
 
 def results_to_dataframe(
@@ -425,30 +532,39 @@ def results_to_dataframe(
     Example::
 
         >>> df = results_to_dataframe(run_prompts(model, prompts), prompts)
+        >>> df.columns.tolist()                 # next-token probabilities: no layer
+        ['prompt_index', 'prompt', 'category', 'probability']
+        >>> df = results_to_dataframe(run_prompts(model, prompts, get_probs_func=logit_lens), prompts)
         >>> df.columns.tolist()
         ['prompt_index', 'prompt', 'category', 'layer', 'probability']
 
-    Needs pandas (``pip install uniterp[display]``).
+    Needs pandas (``pip install uniterp[display]``). Labels are never made
+    up: a ``layer`` column appears only when the columns of ``results`` are
+    layers and their numbers are known (from `PromptResults`, or ``layers=``).
 
     Args:
-        results: Category → ``(n_prompts, n_layers)`` tensor.
+        results: Category → ``(n_prompts, n_columns)`` tensor (or ``(n_prompts,)``),
+            as `run_prompts` returns it.
         prompts: The prompts (`Prompt` objects or strings), in the same order.
-        layers: Layer numbers of the ``n_layers`` columns (default ``0..n_layers-1``),
-            e.g. the ``layers=`` given to `logit_lens`.
+        layers: Layer numbers of the columns, e.g. the ``layers=`` given to
+            `logit_lens`. Needed for a plain dict whose values have more than
+            one column; overrides what `PromptResults` records.
 
     Returns:
-        One row per (prompt, category, layer) with columns ``prompt_index``,
-        ``prompt``, ``category``, ``layer`` and ``probability``.
+        One row per (prompt, category[, layer]) with columns ``prompt_index``,
+        ``prompt``, ``category``, ``layer`` (only for per-layer results) and
+        ``probability``.
 
     Raises:
-        InputError: Sizes do not match.
+        InputError: Sizes do not match, or the columns' layer numbers are
+            unknown (pass ``layers=``).
     """
     try:
         import pandas as pd
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("results_to_dataframe needs pandas: pip install 'uniterp[display]'") from error
     texts = [p.prompt if isinstance(p, Prompt) else str(p) for p in prompts]
-    rows: list[tuple[int, str, str, int, float]] = []
+    tables: dict[str, torch.Tensor] = {}
     for category, values in results.items():
         values = values.detach().float().cpu()
         if values.ndim == 1:
@@ -458,10 +574,47 @@ def results_to_dataframe(
                 f"results[{category!r}] has shape {tuple(values.shape)}; expected ({len(texts)}, n_layers) "
                 f"for {len(texts)} prompts"
             )
-        labels = list(layers) if layers is not None else list(range(values.shape[1]))
-        if len(labels) != values.shape[1]:
-            raise InputError(f"{len(labels)} layer labels for {values.shape[1]} result columns")
+        tables[category] = values
+    widths = {values.shape[1] for values in tables.values()}
+    if len(widths) > 1:
+        raise InputError(f"the categories of results have different numbers of columns: {sorted(widths)}")
+    width = widths.pop() if widths else 1
+    labels = _layer_labels(results, layers, width)
+    rows: list[tuple[Any, ...]] = []
+    for category, values in tables.items():
         for i, text in enumerate(texts):
-            for j, layer in enumerate(labels):
-                rows.append((i, text, category, int(layer), float(values[i, j])))
-    return pd.DataFrame(rows, columns=["prompt_index", "prompt", "category", "layer", "probability"])
+            if labels is None:
+                rows.append((i, text, category, float(values[i, 0])))
+            else:
+                for j, layer in enumerate(labels):
+                    rows.append((i, text, category, int(layer), float(values[i, j])))
+    columns = ["prompt_index", "prompt", "category", "probability"]
+    if labels is not None:
+        columns.insert(3, "layer")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _layer_labels(
+    results: Mapping[str, torch.Tensor], layers: Sequence[int] | None, width: int
+) -> list[int] | None:
+    """The layer number of each column, or ``None`` when the results have no layer dimension."""
+    if layers is not None:
+        labels = [int(x) for x in layers]
+        if len(labels) != width:
+            raise InputError(f"{len(labels)} layer labels for {width} result columns")
+        return labels
+    if isinstance(results, PromptResults):
+        if not results.per_layer:
+            return None
+        if results.layers is not None:
+            return list(results.layers)
+        raise InputError(
+            f"the {width} result columns are layers but their numbers are unknown (get_probs_func got no "
+            "layers= and did not return one column per layer of the model); pass layers=[...]"
+        )
+    if width == 1:
+        return None  # one column: the next-token probabilities, no layer to name
+    raise InputError(
+        f"results has {width} columns per prompt; pass layers=[...] to say which layer each column is "
+        "(run_prompts' own results record it)"
+    )

@@ -247,11 +247,17 @@ def tiny_model_path(
         if dtype is not None:
             model = model.to(dtype)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.exists() else None))
-        with quiet_progress():
-            model.save_pretrained(tmp)
-        if model.config is not config:  # a causal LM that keeps only a sub-config (Mllama, Emu3)
-            config.save_pretrained(tmp)
-        build_tiny_tokenizer().save_pretrained(tmp)
+        try:
+            with quiet_progress():
+                model.save_pretrained(tmp)
+            if model.config is not config:  # a causal LM that keeps only a sub-config (Mllama, Emu3)
+                config.save_pretrained(tmp)
+            build_tiny_tokenizer().save_pretrained(tmp)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no half-written folder
+            raise
     finally:
         hf_logging.set_verbosity(verbosity)
     folder.parent.mkdir(parents=True, exist_ok=True)
