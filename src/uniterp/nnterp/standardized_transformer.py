@@ -227,7 +227,7 @@ class StandardizedTransformer(_UniterpTransformer):
     @property
     def attn_probs_available(self) -> bool:
         """Whether attention probabilities were enabled and verified on at least one layer."""
-        if not self._enable_attention_probs:
+        if self.binding.attention is None:
             return False
         view = super().attention_probabilities
         return any(view.available(i) for i in range(self.num_layers))
