@@ -88,7 +88,7 @@ def get_layer_output(nn_model: Any, layer: int) -> torch.Tensor:
 def get_attention(nn_model: Any, layer: int) -> Any:
     """The attention module of block ``layer`` (``layers[layer].self_attn``)."""
     model = require_model(nn_model, "get_attention")
-    model._ensure_layout()
+    _ = model.binding
     return model.layers[layer].self_attn
 
 
@@ -100,7 +100,7 @@ def get_attention_output(nn_model: Any, layer: int) -> torch.Tensor:
 def get_mlp(nn_model: Any, layer: int) -> Any:
     """The MLP module of block ``layer`` (``layers[layer].mlp``)."""
     model = require_model(nn_model, "get_mlp")
-    model._ensure_layout()
+    _ = model.binding
     return model.layers[layer].mlp
 
 
@@ -201,12 +201,12 @@ class ModuleAccessor:
 
     def get_mlp(self, layer: int) -> torch.nn.Module:
         """The MLP module of block ``layer``."""
-        self._model._ensure_layout()
+        _ = self._model.binding
         return self._module(self._model.layers[layer].mlp)
 
     def get_attention(self, layer: int) -> torch.nn.Module:
         """The attention module of block ``layer``."""
-        self._model._ensure_layout()
+        _ = self._model.binding
         return self._module(self._model.layers[layer].self_attn)
 
     def get_unembed_norm(self) -> torch.nn.Module:

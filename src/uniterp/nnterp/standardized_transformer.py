@@ -253,7 +253,7 @@ class StandardizedTransformer(_UniterpTransformer):
 
     def detect_layer_output_type(self) -> None:
         """Nothing to do: uniterp fixes each layer's output layout at load time."""
-        self._ensure_layout()
+        _ = self.binding
 
     # -- nnterp's spelling of the methods --------------------------------------------
 
