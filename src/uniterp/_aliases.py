@@ -22,7 +22,6 @@ architecture does not have is refused with the reason.
 from __future__ import annotations
 
 import re
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -283,9 +282,6 @@ def _native(binding: Binding, name: str, io: str) -> SiteRef | None:
     return SiteRef(site, None if layer < 0 else layer, "same", None, name)
 
 
-_EPSILONS: weakref.WeakKeyDictionary[torch.nn.Module, float | None] = weakref.WeakKeyDictionary()
-
-
 def _measured_epsilon(norm: torch.nn.Module, centers: bool) -> float | None:
     """The epsilon of a parameter-free norm that keeps it in code (OLMo's ``F.layer_norm(..., eps=1e-5)``).
 
@@ -293,8 +289,6 @@ def _measured_epsilon(norm: torch.nn.Module, centers: bool) -> float | None:
     epsilon is resolved to float32 precision), then confirmed on a random input; ``None``
     when the norm has parameters, no known width, or the measured value does not hold.
     """
-    if norm in _EPSILONS:
-        return _EPSILONS[norm]
     shape = getattr(norm, "normalized_shape", None)
     width = shape[-1] if isinstance(shape, (tuple, list)) and shape else None
     eps: float | None = None
@@ -311,7 +305,6 @@ def _measured_epsilon(norm: torch.nn.Module, centers: bool) -> float | None:
             expected = h / (h.pow(2).mean(-1, keepdim=True) + measured).sqrt()
             if measured > 0 and torch.allclose(norm(probe).float(), expected, atol=1e-5, rtol=1e-5):
                 eps = measured
-    _EPSILONS[norm] = eps
     return eps
 
 

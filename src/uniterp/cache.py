@@ -184,6 +184,31 @@ def _encoding(
     return {"input_ids": ids.long(), "attention_mask": mask.long()}, None
 
 
+def _read(
+    model: StandardizedTransformer, encoding: dict[str, torch.Tensor], refs: list[SiteRef], remote: bool | str
+) -> dict[str, Any]:
+    """One trace reading ``refs`` in forward order; stopped after the last unless the logits are read."""
+    stop = bool(refs) and not any(ref.site in _AFTER_LAYERS for ref in refs)
+    saved: dict[str, Any] = {}
+    with model.trace(dict(encoding), remote=remote) as tracer:
+        logits = None
+        for ref in refs:
+            if ref.site == "logits" or (ref.site == "next_token_probs" and logits is None):
+                logits = model.logits
+            if ref.site == "logits":
+                value = logits
+            elif ref.site == "next_token_probs":
+                value = logits[:, -1, :].float().softmax(dim=-1)
+            elif ref.layer is None:
+                value = getattr(model, ref.site)
+            else:
+                value = getattr(model, ref.site)[ref.layer]
+            saved[ref.standard_name] = value.save()
+        if stop:
+            tracer.stop()
+    return saved
+
+
 def run_with_cache(
     model: StandardizedTransformer,
     prompts: str | Sequence[str] | torch.Tensor | dict[str, torch.Tensor],
@@ -234,26 +259,8 @@ def run_with_cache(
     refs = _requested(model, names)
     encoding, texts = _encoding(model, prompts)
     use_remote(remote)
-    stop = not any(ref.site in _AFTER_LAYERS for ref in refs)
-    saved: dict[str, Any] = {}
-    grad = torch.no_grad() if detach else contextlib.nullcontext()
-    with grad:
-        with model.trace(dict(encoding), remote=remote) as tracer:
-            logits = None
-            for ref in refs:
-                if ref.site == "logits" or (ref.site == "next_token_probs" and logits is None):
-                    logits = model.logits
-                if ref.site == "logits":
-                    value = logits
-                elif ref.site == "next_token_probs":
-                    value = logits[:, -1, :].float().softmax(dim=-1)
-                elif ref.layer is None:
-                    value = getattr(model, ref.site)
-                else:
-                    value = getattr(model, ref.site)[ref.layer]
-                saved[ref.standard_name] = value.save()
-            if stop and refs:
-                tracer.stop()
+    with torch.no_grad() if detach else contextlib.nullcontext():
+        saved = _read(model, encoding, refs, remote)
     values = {ref.standard_name: saved[ref.standard_name] for ref in refs}
     if device is not None:
         values = {name: value.to(device) for name, value in values.items()}
