@@ -106,9 +106,10 @@ TL_GLOBAL: dict[str, tuple[str, Transform]] = {
 #: TransformerLens names uniterp knows and cannot serve, with the reason.
 TL_REFUSED: dict[str, str] = {
     "hook_pos_embed": "position embeddings are added inside the embedding module (or rotated into queries "
-    "and keys); read token_embeddings or layers_input[0]",
+    "and keys); read token_embeddings or layers_input[0] (ActivationCache.decompose_resid gives the learned "
+    "position rows as 'pos_embed' where the model has a table)",
     "attn.hook_result": "per-head contributions are not computed by HF models; use "
-    "uniterp.cache.stack_head_results (head_outputs through W_O)",
+    "ActivationCache.stack_head_results from uniterp.cache (head_outputs through W_O)",
     "hook_attn_in": "HF models compute no per-head copy of the attention input",
     "hook_q_input": "HF models compute no per-head copy of the attention input",
     "hook_k_input": "HF models compute no per-head copy of the attention input",
