@@ -246,3 +246,12 @@ def test_remote_local_caches_the_same(hide_uniterp_source: None) -> None:
     assert torch.equal(
         local["layers_output.1"], run_with_cache(model, TWO, names=["layers_output.1"])["layers_output.1"]
     )
+
+
+def test_a_norm_with_its_epsilon_in_code() -> None:
+    # OLMo's parameter-free LayerNorm calls F.layer_norm(..., eps=1e-5) and keeps no attribute
+    cache = run_with_cache(load_tiny("olmo"), TWO)
+    x = cache["layers_input.1"]
+    centred = x - x.mean(-1, keepdim=True)
+    scale = (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(cache["blocks.1.ln1.hook_scale"], scale, rtol=0, atol=1e-7)

@@ -395,3 +395,27 @@ def test_bad_arguments_are_refused() -> None:
         cache.decompose_resid(mlp_input=True)
     with pytest.raises(InputError, match="takes a tensor"):
         cache.apply_ln_to_stack([1, 2])  # type: ignore[arg-type]
+
+
+def test_a_norm_that_is_not_normalize_times_gain_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uniterp._nnsight_compat import native_module
+
+    model = StandardizedTransformer(tiny_model_path("llama"))  # its own copy: norm gains are kept per model
+    cache = run_with_cache(model, TWO)
+    norm = native_module(model).model.norm
+    original = norm.forward
+    monkeypatch.setattr(norm, "forward", lambda x: original(x) * 2 + 1)
+    with pytest.raises(UnavailableError, match=r"model.norm \(LlamaRMSNorm\) does not compute normalize"):
+        cache.logit_attrs(cache.accumulated_resid()[-1:], 3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_bfloat16_decompositions_add_up_within_its_precision(family: str) -> None:
+    model = StandardizedTransformer(tiny_model_path(family), dtype=torch.bfloat16)
+    cache = run_with_cache(model, TWO)
+    stack = cache.decompose_resid()  # checked against the cached residual inside: no refusal
+    assert stack.dtype == torch.bfloat16
+    mask = cache.attention_mask.bool()
+    final = cache["layers_output.2"]
+    torch.testing.assert_close(stack.sum(0)[mask].float(), final[mask].float(), rtol=0, atol=0.1)
+    assert cache.logit_attrs(stack, 3, pre_softcap=True).shape == (stack.shape[0], 2, mask.shape[1])

@@ -79,16 +79,18 @@ def _read_affine(model: StandardizedTransformer, path: str, name: str) -> NormAf
     x = (torch.randn(2, 3, width, generator=generator) * 3 + 0.5).to(device=device, dtype=dtype)
     with torch.no_grad():
         out = norm(x)
-        base = normalize(norm, x, "normalized", model.model_type, name)
-        centers = "rms" not in kind.lower()  # the rule `normalize` follows
-        gains = [weight, 1 + weight] if weight is not None else [None]
-        for gain in gains:
-            predicted = base * gain if gain is not None else base
-            predicted = predicted + bias if bias is not None else predicted
-            tol = 1e-5 if dtype == torch.float32 else 8 * torch.finfo(dtype).eps
-            if isinstance(out, torch.Tensor) and torch.allclose(
-                predicted.float(), out.float(), atol=tol * 10, rtol=tol
-            ):
+        base = normalize(norm, x, "normalized", model.model_type, name).float()
+    centers = "rms" not in kind.lower()  # the rule `normalize` follows
+    if isinstance(out, torch.Tensor) and out.shape == x.shape:
+        out = out.float()
+        # the candidate gain that reproduces the module, within a few ulps of its dtype
+        tolerance = (1e-5 if dtype == torch.float32 else 16 * torch.finfo(dtype).eps) * max(
+            1.0, float(out.abs().max())
+        )
+        for gain in [weight, 1 + weight] if weight is not None else [None]:
+            predicted = base * gain.float() if gain is not None else base
+            predicted = predicted + bias.float() if bias is not None else predicted
+            if float((predicted - out).abs().max()) <= tolerance:
                 return NormAffine(path, centers, gain, bias)
     raise UnavailableError(
         model.model_type,
