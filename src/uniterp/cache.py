@@ -188,8 +188,10 @@ def _read(
     model: StandardizedTransformer, encoding: dict[str, torch.Tensor], refs: list[SiteRef], remote: bool | str
 ) -> dict[str, Any]:
     """One trace reading ``refs`` in forward order; stopped after the last unless the logits are read."""
-    stop = bool(refs) and not any(ref.site in _AFTER_LAYERS for ref in refs)
     saved: dict[str, Any] = {}
+    if not refs:  # only the inputs were asked for
+        return saved
+    stop = not any(ref.site in _AFTER_LAYERS for ref in refs)
     with model.trace(dict(encoding), remote=remote) as tracer:
         logits = None
         for ref in refs:
@@ -338,13 +340,14 @@ class ActivationCache(CacheDecomposition, LogitAttribution):
         Raises:
             InputError: ``index`` is not a prompt of the batch.
         """
-        lengths = self.lengths
-        if isinstance(index, bool) or not isinstance(index, int) or not -len(lengths) <= index < len(lengths):
-            raise InputError(
-                f"prompt index must be an int in [-{len(lengths)}, {len(lengths)}); got {index!r}"
-            )
-        width = self.attention_mask.shape[-1]
-        return slice(width - lengths[index], width)
+        mask = self.attention_mask if self.has_batch_dim else self.attention_mask.unsqueeze(0)
+        n = mask.shape[0]
+        if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
+            raise InputError(f"prompt index must be an int in [-{n}, {n}); got {index!r}")
+        tokens = mask[index].nonzero().flatten()
+        if not tokens.numel():
+            return slice(0, 0)
+        return slice(int(tokens[0]), int(tokens[-1]) + 1)  # left-padded: (width - length, width)
 
     def prompt_value(self, name: str, index: int) -> torch.Tensor:
         """``cache[name]`` of prompt ``index`` with the padding columns left out.
