@@ -106,9 +106,10 @@ TL_GLOBAL: dict[str, tuple[str, Transform]] = {
 #: TransformerLens names uniterp knows and cannot serve, with the reason.
 TL_REFUSED: dict[str, str] = {
     "hook_pos_embed": "position embeddings are added inside the embedding module (or rotated into queries "
-    "and keys); read token_embeddings or layers_input[0]",
+    "and keys); read token_embeddings or layers_input[0] (ActivationCache.decompose_resid gives the learned "
+    "position rows as 'pos_embed' where the model has a table)",
     "attn.hook_result": "per-head contributions are not computed by HF models; use "
-    "uniterp.cache.stack_head_results (head_outputs through W_O)",
+    "ActivationCache.stack_head_results from uniterp.cache (head_outputs through W_O)",
     "hook_attn_in": "HF models compute no per-head copy of the attention input",
     "hook_q_input": "HF models compute no per-head copy of the attention input",
     "hook_k_input": "HF models compute no per-head copy of the attention input",
@@ -282,6 +283,32 @@ def _native(binding: Binding, name: str, io: str) -> SiteRef | None:
     return SiteRef(site, None if layer < 0 else layer, "same", None, name)
 
 
+def _measured_epsilon(norm: torch.nn.Module, centers: bool) -> float | None:
+    """The epsilon of a parameter-free norm that keeps it in code (OLMo's ``F.layer_norm(..., eps=1e-5)``).
+
+    Measured on an input whose variance is of the order of a usual epsilon (so the
+    epsilon is resolved to float32 precision), then confirmed on a random input; ``None``
+    when the norm has parameters, no known width, or the measured value does not hold.
+    """
+    shape = getattr(norm, "normalized_shape", None)
+    width = shape[-1] if isinstance(shape, (tuple, list)) and shape else None
+    eps: float | None = None
+    if isinstance(width, int) and width >= 2 and next(norm.parameters(), None) is None:
+        with torch.no_grad():
+            signs = torch.tensor([1.0, -1.0]).repeat(width // 2 + 1)[:width]
+            x = 3e-3 * signs  # variance ~ 9e-6
+            x = x - x.mean() if centers else x
+            out = norm(x.unsqueeze(0))[0].float()
+            var = x.pow(2).mean()
+            measured = float((x[0] / out[0]) ** 2 - var)
+            probe = torch.randn(3, width, generator=torch.Generator().manual_seed(0))
+            h = probe - probe.mean(-1, keepdim=True) if centers else probe
+            expected = h / (h.pow(2).mean(-1, keepdim=True) + measured).sqrt()
+            if measured > 0 and torch.allclose(norm(probe).float(), expected, atol=1e-5, rtol=1e-5):
+                eps = measured
+    return eps
+
+
 def normalize(
     norm: torch.nn.Module, x: torch.Tensor, what: Transform, model_type: str, name: str
 ) -> torch.Tensor:
@@ -300,6 +327,8 @@ def normalize(
         ),
         None,
     )
+    if eps is None:
+        eps = _measured_epsilon(norm, "rms" not in kind)
     if eps is None:
         raise UnavailableError(model_type, name, f"{type(norm).__name__} names no epsilon")
     h = x.float()
