@@ -173,3 +173,75 @@ def reference_gradients(
     for p in hf.parameters():
         p.grad = None
     return [g.detach() for g in grads]
+
+
+def native_values(
+    family: str,
+    hf: torch.nn.Module,
+    encoding: dict[str, torch.Tensor],
+    places: list[tuple[str, str]],
+    n_heads: int,
+    site: str,
+) -> list[torch.Tensor]:
+    """The values at ``places`` on one plain forward, in uniterp's standard shape."""
+    seen: list[torch.Tensor | None] = [None] * len(places)
+    shape = tuple(encoding["input_ids"].shape)
+
+    def grab(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(value: torch.Tensor) -> torch.Tensor:
+            shaped = value.view(*shape, -1) if value.dim() == 2 else value
+            seen[i] = heads_view(family, site, shaped, n_heads).detach().clone()
+            return value
+
+        return fn
+
+    with torch.no_grad(), edit_hooks(hf, [(p, io, grab(i)) for i, (p, io) in enumerate(places)]):
+        hf(**encoding)
+    return [s for s in seen if s is not None]
+
+
+def brute_force_sweep(
+    family: str,
+    model: Any,
+    clean: list[str],
+    corrupted: list[str],
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    site: str,
+    layers: list[int],
+    index_sets: list[tuple[int, dict[str, int]]],
+    mode: str = "denoise",
+) -> list[float]:
+    """The metric after each patch, one plain HF forward per index (hooks on the native modules).
+
+    ``index_sets``: ``(layer, {"position": p, "head": h})`` per patched index; positions
+    count within the prompts (all of one length, so no padding), heads index the value's
+    head dimension; an absent key patches that axis whole.
+    """
+    hf = hf_model(family)
+    source_prompts, base_prompts = (clean, corrupted) if mode == "denoise" else (corrupted, clean)
+    source_enc, base_enc = encode(model, source_prompts), encode(model, base_prompts)
+    places = [native_place(family, site, layer) for layer in layers]
+    values = dict(zip(layers, native_values(family, hf, source_enc, places, model.num_heads, site)))
+    shape = tuple(base_enc["input_ids"].shape)
+    width = shape[1]
+    out = []
+    for layer, index in index_sets:
+        src = values[layer]
+
+        def fn(value: torch.Tensor, src: torch.Tensor = src, index: dict[str, int] = index) -> torch.Tensor:
+            flat = value.dim() == 2
+            shaped = heads_view(
+                family, site, value.view(*shape, -1) if flat else value, model.num_heads
+            ).clone()
+            where: list[Any] = [slice(None)] * shaped.dim()
+            if "position" in index:
+                where[1] = width - len(model.tokenizer(clean[0])["input_ids"]) + index["position"]
+            if "head" in index:
+                where[2] = index["head"]
+            shaped[tuple(where)] = src[tuple(where)]
+            return shaped.reshape(value.shape)
+
+        with torch.no_grad(), edit_hooks(hf, [(*native_place(family, site, layer), fn)]):
+            logits = hf(**base_enc).logits
+        out.append(float(metric(logits).sum()))
+    return out
