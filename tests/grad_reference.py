@@ -169,10 +169,10 @@ def reference_gradients(
     with torch.enable_grad(), edit_hooks(hf, edits):
         logits = hf(**enc).logits
         value = metric(logits).sum()
-    grads = torch.autograd.grad(value, probes)
+    grads = torch.autograd.grad(value, probes, allow_unused=True)
     for p in hf.parameters():
         p.grad = None
-    return [g.detach() for g in grads]
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(probes, grads)]
 
 
 def native_values(

@@ -200,25 +200,39 @@ class Edits:
         ...     logits = model.logits.save()
 
     Several edits of one value compose in the order they were added. ``seen``
-    records each edited value as it was read (before the edits), by key.
+    records each kept value as it was read (before the edits), ``written`` each
+    edited value as written, by key.
     """
 
     items: list[tuple[ToolSite, list[Edit]]] = field(default_factory=list)
     seen: dict[str, torch.Tensor] = field(default_factory=dict)
+    written: dict[str, torch.Tensor] = field(default_factory=dict)
     keep: set[str] = field(default_factory=set)
 
-    def add(self, site: ToolSite, edit: Edit | None = None, *, keep: bool = False) -> None:
-        """Apply ``edit`` to ``site``'s value (``None``: only read it; ``keep``: record the value read)."""
+    def add(
+        self, site: ToolSite, edit: Edit | None = None, *, keep: bool = False, first: bool = False
+    ) -> str:
+        """Apply ``edit`` to ``site``'s value (``None``: only read it; ``keep``: record the value read).
+
+        ``first`` puts the edit before those already added for the value. Returns
+        the key the value is recorded under (an earlier site naming the same value
+        keeps its key).
+        """
         for existing, edits in self.items:
             if existing.ref == site.ref:
                 if edit is not None:
-                    edits.append(edit)
+                    edits.insert(0 if first else len(edits), edit)
                 if keep:
                     self.keep.add(existing.key)
-                return
+                return existing.key
         self.items.append((site, [edit] if edit is not None else []))
         if keep:
             self.keep.add(site.key)
+        return site.key
+
+    def edited(self, site: ToolSite) -> bool:
+        """Whether an edit of ``site``'s value was already added."""
+        return any(existing.ref == site.ref and edits for existing, edits in self.items)
 
     def run(self, model: StandardizedTransformer) -> None:
         """Read (and edit) every value, in forward order. Call inside the trace, before the logits."""
@@ -231,6 +245,7 @@ class Edits:
             new = value
             for edit in edits:
                 new = edit(new)
+            self.written[site.key] = new
             write_ref(model, site.ref, new)
 
 
