@@ -104,15 +104,15 @@ def _reads(
     total: list[torch.Tensor] | None = None
     for alpha in alphas or [None]:
         probes: dict[str, torch.Tensor] = {}
-        handles = []
+        handles: list[Any] = []
 
-        def add(path: str, key: str) -> None:
-            def pre(m: Any, args: Any) -> Any:
+        def add(path: str, key: str, hooks: list[Any] = handles) -> None:
+            def pre(m: Any, args: Any, probes: dict[str, torch.Tensor] = probes) -> Any:
                 d = torch.zeros_like(args[0], requires_grad=True)
                 probes[key] = d
                 return (args[0] + d, *args[1:])
 
-            handles.append(hf.get_submodule(path).register_forward_pre_hook(pre))
+            hooks.append(hf.get_submodule(path).register_forward_pre_hook(pre))
 
         for i in range(n_layers):
             add(f"{lay['stack']}.{i}.{lay['norms'][0]}", f"attn.{i}")
@@ -121,7 +121,7 @@ def _reads(
         if alpha is not None:
             point = start + alpha * (end - start)
 
-            def replace(m: Any, args: Any, kwargs: Any) -> Any:
+            def replace(m: Any, args: Any, kwargs: Any, point: torch.Tensor = point) -> Any:
                 if args:
                     return ((point, *args[1:]), kwargs)
                 return (args, {**kwargs, "hidden_states": point})
