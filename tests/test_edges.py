@@ -106,10 +106,12 @@ def _reads(
         probes: dict[str, torch.Tensor] = {}
         handles: list[Any] = []
 
-        def add(path: str, key: str, hooks: list[Any] = handles) -> None:
-            def pre(m: Any, args: Any, probes: dict[str, torch.Tensor] = probes) -> Any:
+        def add(
+            path: str, key: str, hooks: list[Any] = handles, store: dict[str, torch.Tensor] = probes
+        ) -> None:
+            def pre(m: Any, args: Any) -> Any:
                 d = torch.zeros_like(args[0], requires_grad=True)
-                probes[key] = d
+                store[key] = d
                 return (args[0] + d, *args[1:])
 
             hooks.append(hf.get_submodule(path).register_forward_pre_hook(pre))
