@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 import torch
@@ -44,8 +45,11 @@ def _check(result, family, model, clean, corrupted, metric, site, mode="denoise"
 
 
 @pytest.mark.parametrize("family", PATCH_FAMILIES)
-def test_residual_attention_and_mlp_sweeps_equal_the_brute_force_loop(family: str) -> None:
+def test_residual_attention_and_mlp_sweeps_equal_the_brute_force_loop(
+    family: str, caplog: pytest.LogCaptureFixture
+) -> None:
     model = load_tiny(family)
+    caplog.set_level(logging.INFO, logger="uniterp")
     r = patch_residual(model, TWO_CLEAN, TWO_CORRUPT, raw_metric, batch_size=16)
     assert r.values.shape == (model.num_layers, 7) and r.axes == ("layer", "position")
     _check(r, family, model, TWO_CLEAN, TWO_CORRUPT, raw_metric, "layers_output")
@@ -53,6 +57,40 @@ def test_residual_attention_and_mlp_sweeps_equal_the_brute_force_loop(family: st
     _check(a, family, model, CLEAN, CORRUPT, raw_metric, "attentions_output")
     m = patch_mlp_outputs(model, CLEAN, CORRUPT, raw_metric, mode="noise")
     _check(m, family, model, CLEAN, CORRUPT, raw_metric, "mlps_output", mode="noise")
+    assert "running every layer" not in caplog.text  # the sweeps skipped the early layers
+
+
+def test_a_model_whose_layers_share_state_is_swept_without_skipping(caplog: pytest.LogCaptureFixture) -> None:
+    model = load_tiny("llama")
+    layers = model._module.model.layers
+    state: dict[str, torch.Tensor] = {}
+    # layer 0 hands layer 2 something besides its output: skipping layer 0 would lose it
+    first = layers[0].register_forward_hook(
+        lambda m, a, out: state.__setitem__("x", out[:, :1].detach().clone())
+    )
+    last = layers[2].register_forward_hook(lambda m, a, out: out + state["x"])
+    caplog.set_level(logging.INFO, logger="uniterp")
+    try:
+        swept = patch_residual(model, CLEAN, CORRUPT, raw_metric, batch_size=7)
+        loop = torch.empty_like(swept.values)
+        clean: list[torch.Tensor] = []
+        with torch.no_grad():
+            with model.trace(CLEAN):
+                for layer in range(3):
+                    clean.append(model.layers_output[layer].save())
+            for layer in range(3):
+                for p in range(7):
+                    with model.trace(CORRUPT):
+                        h = model.layers_output[layer].clone()
+                        h[:, p] = clean[layer][:, p]
+                        model.layers_output[layer] = h
+                        value = raw_metric(model.logits).save()
+                    loop[layer, p] = value.sum()
+    finally:
+        first.remove()
+        last.remove()
+    assert "running every layer" in caplog.text
+    torch.testing.assert_close(swept.values, loop, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("family", PATCH_FAMILIES)

@@ -17,20 +17,24 @@ TransformerLens' convention) patches clean values into the corrupted run;
 ``mode="noise"`` patches corrupted values into the clean run. The source values
 are read once; the patched runs are rows of batched forwards (``batch_size`` rows
 each; one group of rows per index, one row per prompt), each row patching one
-index, so a sweep costs a few forwards instead of one per index. The unpatched
-base run is one more group of rows.
+index, so a sweep costs a few forwards instead of one per index. Rows patched at
+layer ``L`` skip the layers before ``L`` (their outputs are the base run's, read
+once), so each row computes only what its patch can change.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._aliases import TL_HOOKS, SiteRef, resolve_name
 from ._errors import InputError, UnavailableError
+from ._layout import to_native
 from ._pairs import Pairs, check_mode, encode_pairs, positive_int
 from ._probes import PER_LAYER, Edits, ToolSite, unit_dims
 from ._results import PatchResult
@@ -48,6 +52,8 @@ __all__ = [
     "patch_residual",
     "patch_sweep",
 ]
+
+logger = logging.getLogger("uniterp")
 
 AXES = ("layer", "position", "head", "neuron", "expert")
 
@@ -113,23 +119,52 @@ def check_over(over: Any) -> tuple[str, ...]:
     return axes
 
 
-def _read_source(
+def _read_runs(
     model: StandardizedTransformer,
-    encoding: dict[str, torch.Tensor],
+    pairs: Pairs,
+    source_enc: dict[str, torch.Tensor],
+    base_enc: dict[str, torch.Tensor],
     targets: list[ToolSite],
     metric: Any,
-    n: int,
-) -> tuple[dict[str, torch.Tensor], float]:
-    """The targets' values on the source run and the metric there (one forward, no gradient)."""
+) -> tuple[dict[str, torch.Tensor], float, _Base]:
+    """One forward of the source and base prompts (as rows, no gradient): the targets' source values, the
+    metric of both, and the base run's layer outputs up to the deepest target (for skipping layers)."""
+    n = pairs.n
     edits = Edits()
     for site in targets:
         edits.add(site, None, keep=True)
+    layers = [int(t.ref.layer) for t in targets if t.ref.layer is not None]
+    skippable = bool(layers) and (model.binding.sizes.n_streams or 1) == 1
+    deepest = max(layers) if layers else -1
+    keys = {}
+    for i in range(deepest + 1 if skippable else 0):
+        keys[i] = edits.add(
+            ToolSite(resolve_name(model.binding, f"layers_output.{i}"), f"base:{i}"), None, keep=True
+        )
+    encoding = {k: torch.cat([source_enc[k], base_enc[k]]) for k in source_enc}
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad(), model.trace(encoding, **logits_kwargs(model, metric)):
         edits.run(model)
         out["logits"] = model.logits.save()
-    values = {k: v.detach().clone() for k, v in edits.seen.items()}
-    return values, float(metric_value(metric, out["logits"], n))
+    logits = out["logits"]
+    source = {t.key: edits.seen[t.key][:n].detach().clone() for t in targets}
+    base = _Base(
+        values={i: edits.seen[k][n:].detach().clone() for i, k in keys.items()},
+        logits=logits[n:],
+        metric=float(metric_value(metric, logits[n:], n)),
+        deepest=deepest if skippable else None,
+    )
+    return source, float(metric_value(metric, logits[:n], n)), base
+
+
+@dataclass
+class _Base:
+    """The base run: its layer outputs up to ``deepest`` (``None``: layers cannot be skipped), logits, metric."""
+
+    values: dict[int, torch.Tensor]
+    logits: torch.Tensor
+    metric: float
+    deepest: int | None
 
 
 def _axis_values(
@@ -242,15 +277,15 @@ def patch_sweep(
     pairs = encode_pairs(model, clean, corrupted, one_length="position" in axes)
     model.dispatch()
     source_enc, base_enc = pairs.runs(mode)
-    source, source_metric = _read_source(model, source_enc, targets, metric, pairs.n)
+    source, source_metric, base = _read_runs(model, pairs, source_enc, base_enc, targets, metric)
     labels = _axis_values(axes, targets, source, pairs, positions, heads)
     indices = list(itertools.product(*[range(len(labels[a])) for a in axes]))
-    groups: list[dict[str, int] | None] = [None] + [
+    groups: list[dict[str, int]] = [
         {axis: labels[axis][i] for axis, i in zip(axes, index)} for index in indices
     ]
-    values = _run_groups(model, pairs, base_enc, targets, source, groups, metric, batch_size)
-    base_metric = float(values[0])
-    result = values[1:].view(*[len(labels[a]) for a in axes])
+    values = _run(model, pairs, base_enc, base, targets, source, groups, metric, batch_size)
+    base_metric = base.metric
+    result = values.view(*[len(labels[a]) for a in axes])
     clean_metric, corrupted_metric = (
         (source_metric, base_metric) if mode == "denoise" else (base_metric, source_metric)
     )
@@ -266,6 +301,97 @@ def patch_sweep(
     )
 
 
+def _run(
+    model: StandardizedTransformer,
+    pairs: Pairs,
+    encoding: dict[str, torch.Tensor],
+    base: _Base,
+    targets: list[ToolSite],
+    source: dict[str, torch.Tensor],
+    groups: list[dict[str, int]],
+    metric: Any,
+    batch_size: int,
+) -> torch.Tensor:
+    """The metric of each group (one patched index).
+
+    Where the patched values sit in layers, the groups run in forwards that skip
+    the layers before the shallowest one they patch (those layers' outputs are the
+    base run's, read once): a row computes little more than what its patch can
+    change. The first forward also rebuilds the unpatched base run that way; if its
+    logits differ from the base run's (a model whose layers pass on more than their
+    output), the sweep runs every layer instead.
+    """
+    if base.deepest is None:
+        return _run_groups(model, pairs, encoding, targets, source, list(groups), metric, batch_size, {})
+    deepest = base.deepest
+    by_layer: dict[int, list[int]] = {}
+    for i, group in enumerate(groups):
+        by_layer.setdefault(group.get("layer", deepest), []).append(i)
+    through_output = all(t.ref.site == "layers_output" for t in targets)
+    out = torch.empty(len(groups))
+    checked = False
+    for pack in _packs(by_layer, pairs.n, batch_size):
+        members = [i for layer in pack for i in by_layer[layer]]
+        first = min(pack)
+        skip = {
+            "layers": first + 1 if through_output else first,
+            "values": base.values,
+            "check": None if checked else base.logits,
+        }
+        checked = True
+        try:
+            values = _run_groups(
+                model,
+                pairs,
+                encoding,
+                targets,
+                source,
+                [groups[i] for i in members],
+                metric,
+                batch_size,
+                skip,
+            )
+        except _SkipMismatch as error:
+            logger.info(
+                "uniterp: %s: skipping early layers changed the logits (%s); running every layer",
+                model.model_type,
+                error,
+            )
+            return _run_groups(model, pairs, encoding, targets, source, list(groups), metric, batch_size, {})
+        out[members] = values
+    return out
+
+
+#: Rows worth batching together even when it means skipping fewer layers.
+MIN_ROWS = 32
+
+
+def _packs(by_layer: dict[int, list[int]], n: int, batch_size: int) -> list[list[int]]:
+    """Consecutive layers packed into forwards of at least `MIN_ROWS` rows (at most ``batch_size``), deepest first.
+
+    A forward skips the layers before its shallowest one, so small packs skip more;
+    but a forward of a few rows uses the hardware poorly. Packs grow until they have
+    `MIN_ROWS` rows or would exceed ``batch_size``.
+    """
+    packs: list[list[int]] = []
+    current: list[int] = []
+    rows = 0
+    for layer in sorted(by_layer, reverse=True):
+        size = len(by_layer[layer]) * n
+        if current and (rows >= MIN_ROWS or rows + size > batch_size):
+            packs.append(current)
+            current, rows = [], 0
+        current.append(layer)
+        rows += size
+    if current:
+        packs.append(current)
+    return packs
+
+
+class _SkipMismatch(Exception):
+    """The base run rebuilt from skipped layers differs from the base run."""
+
+
 def _run_groups(
     model: StandardizedTransformer,
     pairs: Pairs,
@@ -275,15 +401,26 @@ def _run_groups(
     groups: list[dict[str, int] | None],
     metric: Any,
     batch_size: int,
+    skip: dict[str, Any],
 ) -> torch.Tensor:
-    """The metric of each group of rows (``None``: unpatched), ``batch_size`` rows per forward."""
+    """The metric of each group of rows (``None``: unpatched), ``batch_size`` rows per forward.
+
+    With ``skip``, layers ``0 .. skip["layers"] - 1`` are skipped (their outputs are
+    the base run's); with ``skip["check"]`` one unpatched group is added to the first
+    forward and its logits compared with the base run's.
+    """
     n = pairs.n
     per_chunk = max(1, batch_size // n)
     kwargs = logits_kwargs(model, metric)
     by_layer = {int(s.ref.layer) if s.ref.layer is not None else None: s for s in targets}
+    check = skip.get("check") if skip else None
     out: list[torch.Tensor] = []
-    for start in range(0, len(groups), per_chunk):
-        chunk = groups[start : start + per_chunk]
+    start = 0
+    while start < len(groups):
+        chunk: list[dict[str, int] | None] = list(groups[start : start + per_chunk])
+        start += per_chunk
+        if check is not None:
+            chunk.append(None)
         edits = Edits()
         for layer, site in by_layer.items():
             mask = _mask(site, source[site.key], chunk, layer, pairs)
@@ -292,12 +429,47 @@ def _run_groups(
         encoding = {k: v.repeat(len(chunk), 1) for k, v in base.items()}
         saved: dict[str, torch.Tensor] = {}
         with torch.no_grad(), model.trace(encoding, **kwargs):
+            if skip:
+                _skip_layers(model, skip["layers"], skip["values"], len(chunk))
             edits.run(model)
             saved["logits"] = model.logits.save()
         logits = saved["logits"]
+        if check is not None:
+            _compare(logits[-n:], check)
+            chunk, logits, check = chunk[:-1], logits[:-n], None
         for g in range(len(chunk)):
             out.append(metric_value(metric, logits[g * n : (g + 1) * n], n).detach().cpu())
     return torch.stack(out)
+
+
+def _skip_layers(
+    model: StandardizedTransformer, layer: int, values: dict[int, torch.Tensor], groups: int
+) -> None:
+    """Skip layers ``0 .. layer - 1``: each returns the base run's output there (the last one's, repeated for
+    every group; only the last skipped layer's output is read by a running layer, or patched)."""
+    if layer == 0:
+        return
+    binding = model.binding
+    last = values[layer - 1]
+    hidden = last.repeat(groups, *([1] * (last.dim() - 1)))
+    for i in range(layer):
+        loc = binding.locator("layers_output", i)
+        native = to_native(loc, hidden)
+        if loc.key is None:
+            model.layers[i].skip(native)
+        else:
+            items: list[Any] = [None] * loc.tuple_len
+            items[loc.key] = native
+            model.layers[i].skip(tuple(items))
+
+
+def _compare(logits: torch.Tensor, reference: torch.Tensor) -> None:
+    """Raise `_SkipMismatch` when ``logits`` differ from ``reference`` beyond batching noise."""
+    scale = max(1.0, float(reference.abs().max()))
+    tolerance = (1e-4 if reference.dtype == torch.float32 else 2e-2) * scale
+    diff = float((logits.float() - reference.float()).abs().max())
+    if not diff <= tolerance:
+        raise _SkipMismatch(f"max |diff| {diff:.3g}")
 
 
 def _mask(
