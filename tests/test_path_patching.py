@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from uniterp import InputError
-from uniterp.path_patching import path_patch
 from uniterp.patching import patch_sweep
+from uniterp.path_patching import path_patch
 
 from conftest import load_tiny
 from grad_reference import O_PROJ, edit_hooks, hf_model, native_place, native_values
@@ -26,7 +26,7 @@ def raw_metric(logits: torch.Tensor) -> torch.Tensor:
 def _by_hand(family: str, model: Any, sender: tuple[str, int, int | None], receiver_layer: int) -> float:
     """Receivers: the MLP input of ``receiver_layer`` and the logits (the final norm's input)."""
     hf = hf_model(family)
-    stack, _, _, _, mlp_out = NATIVE[family]
+    stack = NATIVE[family][0]
     layers = list(range(model.num_layers))
     heads = [(f"{stack}.{i}.{O_PROJ[family]}", "input") for i in layers]
     mlps = [native_place(family, "mlps_output", i) for i in layers]
@@ -63,7 +63,6 @@ def _by_hand(family: str, model: Any, sender: tuple[str, int, int | None], recei
     ]
     with torch.no_grad(), edit_hooks(hf, patch):
         logits = hf(**base_enc).logits
-    del mlp_out
     return float(raw_metric(logits).sum())
 
 

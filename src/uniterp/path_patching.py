@@ -124,13 +124,17 @@ def path_patch(
     if not sender_names or not receiver_names:
         raise InputError("give at least one sender and one receiver")
     parsed_senders = [_parse(s, ("head", "attn", "mlp"), "sender", n_layers) for s in sender_names]
-    parsed_receivers = [_parse(r, ("q", "k", "v", "attn", "mlp", "logits"), "receiver", n_layers) for r in receiver_names]
+    parsed_receivers = [
+        _parse(r, ("q", "k", "v", "attn", "mlp", "logits"), "receiver", n_layers) for r in receiver_names
+    ]
     parallel = model.binding.block == "parallel"
     for s, (skind, slayer, _) in zip(sender_names, parsed_senders):
         for r, (rkind, rlayer, _) in zip(receiver_names, parsed_receivers):
             same_layer_ok = rlayer == slayer and skind != "mlp" and rkind == "mlp" and not parallel
             if not (rlayer > slayer or same_layer_ok):
-                raise InputError(f"receiver {r!r} does not read what sender {s!r} writes (it is not after it)")
+                raise InputError(
+                    f"receiver {r!r} does not read what sender {s!r} writes (it is not after it)"
+                )
     pairs = encode_pairs(model, clean, corrupted, one_length=False)
     model.dispatch()
     source_enc, base_enc = pairs.runs(mode)
@@ -165,7 +169,9 @@ def path_patch(
             saved["logits"] = model.logits.save()
         for g in range(rows):
             values.append(metric_value(metric, saved["logits"][g * n : (g + 1) * n], n).cpu())
-    clean_metric, corrupted_metric = (source_metric, base_metric) if mode == "denoise" else (base_metric, source_metric)
+    clean_metric, corrupted_metric = (
+        (source_metric, base_metric) if mode == "denoise" else (base_metric, source_metric)
+    )
     return PatchResult(
         values=torch.stack(values),
         axes=("sender",),
@@ -195,7 +201,11 @@ def _receiver_site(model: StandardizedTransformer, kind: str, layer: int) -> Too
 
 
 def _read(
-    model: StandardizedTransformer, encoding: dict[str, torch.Tensor], sites: list[ToolSite], metric: Any, n: int
+    model: StandardizedTransformer,
+    encoding: dict[str, torch.Tensor],
+    sites: list[ToolSite],
+    metric: Any,
+    n: int,
 ) -> tuple[dict[str, torch.Tensor], float]:
     edits = Edits()
     for site in sites:
@@ -204,10 +214,14 @@ def _read(
     with torch.no_grad(), model.trace(encoding, **logits_kwargs(model, metric)):
         edits.run(model)
         out["logits"] = model.logits.save()
-    return {k: v.detach().clone() for k, v in edits.seen.items()}, float(metric_value(metric, out["logits"], n))
+    return {k: v.detach().clone() for k, v in edits.seen.items()}, float(
+        metric_value(metric, out["logits"], n)
+    )
 
 
-def _held(site: ToolSite, source: torch.Tensor, base: torch.Tensor, chunk: list[tuple[str, int, int | None]]) -> Any:
+def _held(
+    site: ToolSite, source: torch.Tensor, base: torch.Tensor, chunk: list[tuple[str, int, int | None]]
+) -> Any:
     """Base values for every row, except the sender's own value in its rows."""
     layer = int(site.ref.layer or 0)
     n = base.shape[0]
