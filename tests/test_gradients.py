@@ -128,6 +128,18 @@ def test_no_grad_callers_get_gradients_and_the_model_keeps_no_state() -> None:
         gradients(model, TWO, raw_metric, ["layers_output.0"])
 
 
+def test_frozen_parameters_still_give_gradients_of_values() -> None:
+    model = load_tiny("llama")
+    want = gradients(model, TWO, raw_metric, ["layers_output.1", "head_outputs.0"])
+    model.requires_grad_(False)
+    try:
+        got = gradients(model, TWO, raw_metric, ["layers_output.1", "head_outputs.0"])
+    finally:
+        model.requires_grad_(True)
+    for key in want.keys():
+        torch.testing.assert_close(got[key], want[key], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("metric", "match"),
     [
