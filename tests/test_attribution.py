@@ -256,3 +256,35 @@ def test_graddrop_equals_estimates_with_each_block_dropped_by_hand(family: str) 
             total[i] += per_prompt.abs().sum(0)
     torch.testing.assert_close(res.values, total / (n_layers - 1), atol=1e-5, rtol=1e-4)
     assert res.method == "graddrop" and bool((res.values >= 0).all())
+
+
+def test_neurons_and_padded_batches() -> None:
+    model = load_tiny("llama")
+    res = attribution_patching(model, TWO_CLEAN, TWO_CORRUPT, raw_metric, "mlp_neurons")
+    assert res.axes == ("layer", "position", "neuron")
+    terms = hand_estimate("llama", model, TWO_CLEAN, TWO_CORRUPT, "mlp_neurons")
+    torch.testing.assert_close(res.values, torch.stack([t.sum(0) for t in terms]), atol=1e-5, rtol=1e-4)
+    # prompts of different lengths, left-padded: each prompt's estimate as if alone
+    clean, corrupted = (
+        ["The capital of France is", "hello world"],
+        ["The capital of Japan is", "one two three"],
+    )
+    both = attribution_patching(model, clean, corrupted, raw_metric, "head_outputs", over=("layer", "head"))
+    alone = [
+        attribution_patching(model, [c], [x], raw_metric, "head_outputs", over=("layer", "head"))
+        for c, x in zip(clean, corrupted)
+    ]
+    torch.testing.assert_close(both.values, alone[0].values + alone[1].values, atol=1e-5, rtol=1e-4)
+
+
+def test_bfloat16_models_run() -> None:
+    model = StandardizedTransformer(tiny_model_path("llama"), dtype=torch.bfloat16)
+    metric = logit_diff(model, 5, 7)
+    atp = attribution_patching(model, CLEAN, CORRUPT, metric, "layers_output")
+    sweep = patch_residual(model, CLEAN, CORRUPT, metric)
+    assert atp.values.dtype == torch.float32 and torch.isfinite(atp.values).all()
+    assert torch.isfinite(sweep.values).all()
+    full = load_tiny("llama")
+    torch.testing.assert_close(
+        sweep.values, patch_residual(full, CLEAN, CORRUPT, metric).values, atol=0.1, rtol=0.1
+    )

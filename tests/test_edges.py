@@ -287,3 +287,14 @@ def test_results_and_refusals() -> None:
         edge_attribution_patching(load_tiny("phi"), CLEAN, CORRUPT, raw_metric, level="head")
     with pytest.raises(InputError, match="same length"):
         edge_attribution_patching(model, "The capital of France is", "one", metric)
+
+
+def test_a_padded_batch_adds_up_the_prompts() -> None:
+    model = load_tiny("llama")
+    clean, corrupted = (
+        ["The capital of France is", "hello world"],
+        ["The capital of Japan is", "one two three"],
+    )
+    both = edge_attribution_patching(model, clean, corrupted, raw_metric)
+    alone = [edge_attribution_patching(model, [c], [x], raw_metric) for c, x in zip(clean, corrupted)]
+    torch.testing.assert_close(both.scores, alone[0].scores + alone[1].scores, atol=1e-5, rtol=1e-4)
