@@ -288,3 +288,22 @@ def test_bfloat16_models_run() -> None:
     torch.testing.assert_close(
         sweep.values, patch_residual(full, CLEAN, CORRUPT, metric).values, atol=0.1, rtol=0.1
     )
+
+
+def test_other_names_give_the_same_nodes() -> None:
+    model = load_tiny("llama")
+    res = attribution_patching(
+        model,
+        CLEAN,
+        CORRUPT,
+        raw_metric,
+        ["blocks.1.attn.hook_z", "head_outputs", "attn.hook_q", "queries_pre_rotary"],
+    )
+    assert res["blocks.1.attn.hook_z"].axes == ("position", "head")
+    torch.testing.assert_close(
+        res["blocks.1.attn.hook_z"].values, res["head_outputs"].values[1], atol=0, rtol=0
+    )
+    assert res["attn.hook_q"].axes == res["queries_pre_rotary"].axes == ("layer", "position", "head")
+    torch.testing.assert_close(res["attn.hook_q"].values, res["queries_pre_rotary"].values, atol=1e-7, rtol=0)
+    emb = attribution_patching(model, CLEAN, CORRUPT, raw_metric, "token_embeddings")
+    assert emb.axes == ("position",) and emb.values.shape == (7,)

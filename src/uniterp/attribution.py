@@ -57,14 +57,24 @@ if TYPE_CHECKING:
 __all__ = ["AttributionResult", "attribution_patching", "default_axes"]
 
 
-def default_axes(site: str) -> tuple[str, ...]:
-    """The node of a value by default: layer (for per-layer names), position, and its head/neuron axis."""
-    from ._aliases import SiteRef
+def default_axes(model: StandardizedTransformer, site: str) -> tuple[str, ...]:
+    """The node axes `attribution_patching` uses for ``site`` when ``over`` is not given.
 
-    axes: tuple[str, ...] = ("layer",) if site in PER_LAYER or "." not in site else ()
-    base = site if site in PER_LAYER else site.split(".")[0]
-    _, unit, name = unit_dims(SiteRef(base, 0))
-    return axes + ("position",) + ((name,) if unit is not None and name else ())
+    Example::
+
+        >>> default_axes(model, "head_outputs"), default_axes(model, "blocks.3.hook_resid_post")
+        (('layer', 'position', 'head'), ('position',))
+
+    ``layer`` for per-layer names, ``position``, and the value's head or neuron axis.
+    """
+    from ._aliases import TL_HOOKS
+
+    bare = site in PER_LAYER or site in TL_HOOKS
+    ref = sweep_sites(model, site, None, bare)[0].ref
+    pos, unit, name = unit_dims(ref)
+    axes: tuple[str, ...] = ("layer",) if bare else ()
+    axes += ("position",) if pos is not None else ()
+    return axes + ((name,) if unit is not None and name else ())
 
 
 def attribution_patching(
@@ -124,7 +134,7 @@ def attribution_patching(
         raise InputError(f"sites: give one value name or a non-empty list; got {sites!r}")
     plans = []
     for name in names:
-        axes = check_over(over) if over is not None else default_axes(name)
+        axes = check_over(over) if over is not None else default_axes(model, name)
         plans.append((name, axes, sweep_sites(model, name, layers, "layer" in axes)))
     pairs = encode_pairs(model, clean, corrupted, one_length=any("position" in a for _, a, _ in plans))
     if qk_fix and not any(t.ref.site in ("queries", "keys") for _, _, ts in plans for t in ts):
