@@ -36,7 +36,7 @@ __all__ = ["Attachment", "LatentEdit", "registry"]
 _REGISTRY = "_uniterp_sae_registry"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LatentEdit:
     """A standing edit applied in every forward pass while it is set (steering).
 
@@ -183,8 +183,8 @@ class Attachment:
         new = self._step(role, n)
         if new is None:
             return None
-        assert site.gain is not None
-        delta = site.gain.float() * (new.float() - n.float())
+        gain = site.gain.float() if site.gain is not None else 1.0  # always set for a normalized site
+        delta = gain * (new.float() - n.float())
         return output + self._to_native(site, normalized, delta, delta).to(output.dtype)
 
     def _tokens(self, site: SAESite, native: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,6 +269,8 @@ class Attachment:
                 continue
             rows = self.sae.W_dec[edit.indices.to(self.sae.device)]
             direction = (edit.values.to(device=rows.device, dtype=rows.dtype)[:, None] * rows).sum(0)
+            if not isinstance(cols, slice):
+                cols = cols.to(out.device)
             out[:, cols, :] += direction.to(device=out.device, dtype=out.dtype)
         return out
 
