@@ -426,3 +426,22 @@ def test_remote_traces_are_refused_while_attached_and_work_after(clean: None) ->
     with torch.no_grad(), model.trace(PROMPTS, remote="local"):
         remote = model.logits.save()
     assert torch.equal(remote, base)
+
+
+def test_bfloat16_model_with_a_float32_sae_is_exact_unedited(clean: None) -> None:
+    from sae_models import Model
+    from uniterp.testing import tiny_model_path
+
+    model = Model(tiny_model_path("llama"), dtype=torch.bfloat16)
+    base = logits(model)
+    sae = random_sae(model.hidden_size, hook="blocks.1.hook_resid_post")
+    model.attach(sae, check=False)
+    try:
+        with torch.no_grad(), model.trace(PROMPTS):
+            latents = model.sae_latents["blocks.1.hook_resid_post"]
+            assert latents.dtype == torch.float32
+            model.sae_latents["blocks.1.hook_resid_post"] = latents.clone()  # the splice runs
+            spliced = model.logits.save()
+        assert spliced.dtype == torch.bfloat16 and torch.equal(spliced, base)
+    finally:
+        model.detach()

@@ -256,3 +256,18 @@ def test_steering_refusals(clean: None) -> None:
     assert model.attachments[HOOK].edits == []
     with pytest.raises(InputError, match="max_new_tokens"):
         generate_with_latent_steering(model, PROMPTS, HOOK, 1, 1.0, max_new_tokens=0)
+
+
+def test_nested_steering_contexts_stack_and_unwind(clean: None) -> None:
+    model = load("uniterp-tiny")
+    sae = random_sae(model.hidden_size, hook=HOOK)
+    model.attach(sae, check=False)
+    with steer_latents(model, HOOK, 1, 2.0):
+        with steer_latents(model, HOOK, 2, 3.0):
+            assert len(model.attachments[HOOK].edits) == 2
+            with torch.no_grad(), model.trace(PROMPTS):
+                both = model.logits.save()
+        assert len(model.attachments[HOOK].edits) == 1
+    assert model.attachments[HOOK].edits == []
+    expected = _edited_logits("uniterp-tiny", model, lambda h: h + 2.0 * sae.W_dec[1] + 3.0 * sae.W_dec[2])
+    torch.testing.assert_close(both, expected, atol=2e-5, rtol=1e-4)
