@@ -148,3 +148,23 @@ def test_fused_experts_gate_by_the_default_function() -> None:
             return gate_up
 
     assert compat.expert_gating(Custom.__new__(Custom)) is not None
+
+
+def test_standalone_envoy_serves_a_module_called_from_a_hook() -> None:
+    model = StandardizedTransformer(tiny_model_path("llama"))
+    model.dispatch()
+    passthrough = torch.nn.Identity()
+    envoy = compat.standalone_envoy(model, passthrough, "side_0")
+    assert envoy.path == f"{model.path}.side_0"
+    layer = compat.native_module(model).model.layers[1]
+    handle = layer.register_forward_hook(lambda _m, _a, out: passthrough(out))
+    try:
+        with torch.no_grad(), model.trace(PROMPTS):
+            seen = envoy.output.save()
+            envoy.output = seen * 0
+            after = model.layers_input[2].save()  # the hook runs after layer 1 hands its output over
+        assert seen.abs().sum() > 0 and torch.equal(after, torch.zeros_like(after))
+    finally:
+        handle.remove()
+    compat.drop_standalone_envoy(envoy)
+    assert id(passthrough) not in model.interleaver.envoys

@@ -23,6 +23,7 @@ __all__ = [
     "cache_selectable",
     "child_envoy",
     "current_mediator",
+    "drop_standalone_envoy",
     "expert_gating",
     "envoy_at",
     "in_step_loop",
@@ -36,6 +37,7 @@ __all__ = [
     "source_calls",
     "source_names",
     "source_op",
+    "standalone_envoy",
     "tensor_version",
 ]
 
@@ -78,6 +80,28 @@ def envoy_at(root: Any, path: str) -> Any:
     for part in path.split(".") if path else ():
         envoy = child_envoy(envoy, part)
     return envoy
+
+
+def standalone_envoy(root: Any, module: torch.nn.Module, name: str) -> Any:
+    """An envoy for ``module``, outside the model's module tree, served by ``root``'s traces.
+
+    A module that is called from a hook in the forward pass (not a child of the
+    model) becomes readable and writable at ``envoy.output`` like any module, as
+    nnsight's own ``model.generator``: built with the model's ``interleaver`` and
+    path ``{root.path}.{name}`` (nnsight 0.8's ``Envoy(module, path=, interleaver=,
+    parent=)``). The model's modules are not touched. Undo with `drop_standalone_envoy`.
+    """
+    from nnsight.intervention.envoy import Envoy
+
+    return Envoy(module, path=f"{root.path}.{name}", interleaver=root.interleaver, parent=root)
+
+
+def drop_standalone_envoy(envoy: Any) -> None:
+    """Forget an envoy made by `standalone_envoy` (its entry in ``Interleaver.envoys``, a weak mapping)."""
+    envoys = getattr(envoy.interleaver, "envoys", None)
+    key = id(envoy._module)
+    if envoys is not None and envoys.get(key) is envoy:
+        del envoys[key]
 
 
 def refresh_envoys(root: Any) -> list[str]:

@@ -16,6 +16,7 @@ __all__ = [
     "ATTENTION_CLASS",
     "BLOCK_PATTERNS",
     "CONTEXT_KEYS",
+    "DICTIONARY_LEARNING_HOOKS",
     "DOWN_PROJECTION_NAMES",
     "EXPERTS_NAMES",
     "KERNEL_CALLS",
@@ -32,9 +33,11 @@ __all__ = [
     "PROBE_PROMPTS",
     "ROTARY_CALLS",
     "ROUTER_NAMES",
+    "SAE_CHECK_PROMPTS",
     "SIZE_KEYS",
     "STREAM_KEYS",
     "STREAM_READOUT",
+    "TL_MODEL_ALIASES",
 ]
 
 # -- probe inputs --------------------------------------------------------------------------
@@ -185,3 +188,34 @@ DOWN_PROJECTION_NAMES: tuple[str, ...] = (
 #: A sparse mixture of experts: its experts module and its router.
 EXPERTS_NAMES: tuple[str, ...] = ("experts",)
 ROUTER_NAMES: tuple[str, ...] = ("gate", "router")
+
+# -- sparse autoencoders ----------------------------------------------------------------------
+
+#: Prompts of the check run when an SAE is attached (short, varied English; the first token
+#: of each row and special tokens are left out of the statistics).
+SAE_CHECK_PROMPTS: tuple[str, ...] = (
+    "The Eiffel Tower is in the city of Paris, which is the capital of France.",
+    "She opened the door slowly and looked out at the rain falling on the street.",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
+    "In 1969, astronauts landed on the Moon for the first time in human history.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "My favourite colours are red, green and blue, but I also like yellow.",
+    "The capital of Japan is Tokyo and the capital of Italy is Rome.",
+)
+
+#: Submodule names dictionary_learning's training scripts write (``trainer.submodule_name``)
+#: -> the standardized value the module's output (``buffer.io="out"``) and input (``"in"``)
+#: are; the group ``n`` is the layer. Module paths need no entry: they resolve as native paths.
+DICTIONARY_LEARNING_HOOKS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"^resid_post_layer_(?P<n>\d+)$"), "layers_output", "layers_input"),
+    (re.compile(r"^resid_(?P<n>\d+)$"), "layers_output", "layers_input"),
+    (re.compile(r"^attn_(?P<n>\d+)$"), "attentions_output", "attentions_input"),
+    (re.compile(r"^mlp_(?P<n>\d+)$"), "mlps_output", "mlps_input"),
+    (re.compile(r"^embed$"), "token_embeddings", ""),
+)
+#: TransformerLens model names (as SAELens configs give them) -> the HF repository name.
+TL_MODEL_ALIASES: dict[str, str] = {
+    "gpt2-small": "gpt2",
+    "mistral-7b": "mistral-7b-v0.1",
+}
