@@ -13,12 +13,8 @@ from uniterp._sae_attach import SAEAttachment
 from uniterp.sae import SparseAutoencoder, Transcoder, fvu, l0, tensor_shapes
 from uniterp.testing import tiny_model_path
 
-if issubclass(StandardizedTransformer, SAEAttachment):
-    Model = StandardizedTransformer
-else:
-
-    class Model(SAEAttachment, StandardizedTransformer):  # type: ignore[no-redef]
-        """`StandardizedTransformer` with the SAE methods mixed in (until it has them itself)."""
+Model = StandardizedTransformer
+assert issubclass(Model, SAEAttachment)
 
 
 _MODELS: dict[str, Model] = {}

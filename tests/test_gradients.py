@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from uniterp import InputError, StandardizedTransformer, UnavailableError
-from uniterp.gradients import gradients, integrated_gradients
+from uniterp.grads import gradients, integrated_gradients
 from uniterp.metrics import last_token_metric, logit_diff
 from uniterp.testing import tiny_model_path
 

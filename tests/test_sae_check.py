@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import torch
 from sae_models import load, random_sae, site_tokens, train_topk
 from uniterp._errors import CheckFailedError, InputError, UnavailableError
 from uniterp._sae_check import canonical_model_name, judge
-from uniterp._tiny_corpus import generate_documents
 from uniterp.sae import SparseAutoencoder, load_sae, save_sae
 
 from conftest import PROMPTS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the tiny model's corpus generator
+from tiny_corpus import generate_documents  # noqa: E402
 
 TRAIN = generate_documents(48, seed=1)
 CHECK = generate_documents(8, seed=2)

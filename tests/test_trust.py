@@ -326,3 +326,18 @@ def test_loading_prints_no_progress_bars(capfd: pytest.CaptureFixture[str]) -> N
 def test_every_error_above_is_a_uniterp_error() -> None:
     for error in (InPlaceEditError, InputError, OrderError, ShapeError):
         assert issubclass(error, UniterpError)
+
+
+def test_uniterp_errors_pickle_and_keep_their_fields() -> None:
+    import pickle
+
+    from uniterp import ArchitectureError, UnavailableError
+
+    for error in (
+        UnavailableError("llama", "W_Q", "no such weight"),
+        ArchitectureError("llama", "layers", ["model.layers"], "no module"),
+        ShapeError("bad shape"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+    assert pickle.loads(pickle.dumps(UnavailableError("t", "n", "r"))).reason == "r"

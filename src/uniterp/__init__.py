@@ -55,14 +55,35 @@ _EXPORTS: dict[str, str] = {
     "ConfigSwitch": "._spec",
     "SupportReport": "._support",
     "ValueSupport": "._support",
+    "LayerWeights": "._weight_views",
     "collect_token_activations_batched": ".activations",
     "get_token_activations": ".activations",
     "load_token_activations": ".activations",
+    "attribution_patching": ".attribution",
+    "AttributionResult": ".attribution",
+    "ActivationCache": ".cache",
+    "run_with_cache": ".cache",
     "plot_logit_lens": ".display",
     "plot_topk_tokens": ".display",
     "prompts_to_df": ".display",
+    "edge_attribution_patching": ".edges",
+    "EdgeScores": ".edges",
+    "GradientResult": ".grads",
+    "gradients": ".grads",
+    "integrated_gradients": ".grads",
+    "IntegratedGradients": ".grads",
     "logit_lens": ".lens",
     "TopTokens": ".lens",
+    "last_token_metric": ".metrics",
+    "LastTokenMetric": ".metrics",
+    "logit_diff": ".metrics",
+    "patch_attention_outputs": ".patching",
+    "patch_heads": ".patching",
+    "patch_heads_by_position": ".patching",
+    "patch_mlp_outputs": ".patching",
+    "patch_residual": ".patching",
+    "patch_sweep": ".patching",
+    "PatchResult": ".patching",
     "it_repeat_prompt": ".patchscope",
     "patch_object_attn_lens": ".patchscope",
     "patchscope_generate": ".patchscope",
@@ -70,10 +91,23 @@ _EXPORTS: dict[str, str] = {
     "repeat_prompt": ".patchscope",
     "TargetPrompt": ".patchscope",
     "TargetPromptBatch": ".patchscope",
+    "path_patch": ".path_patching",
     "get_first_tokens": ".prompts",
     "Prompt": ".prompts",
     "results_to_dataframe": ".prompts",
     "run_prompts": ".prompts",
+    "load_sae": ".sae",
+    "load_saes": ".sae",
+    "save_sae": ".sae",
+    "SparseAutoencoder": ".sae",
+    "Transcoder": ".sae",
+    "AttachReport": ".sae_tools",
+    "generate_with_latent_steering": ".sae_tools",
+    "latent_attribution": ".sae_tools",
+    "LatentAttribution": ".sae_tools",
+    "steer_latents": ".sae_tools",
+    "top_latents": ".sae_tools",
+    "TopLatents": ".sae_tools",
     "generate_with_steering": ".steering",
     "steering_vector": ".steering",
 }
@@ -112,14 +146,35 @@ if TYPE_CHECKING:
     from ._spec import ConfigSwitch as ConfigSwitch
     from ._support import SupportReport as SupportReport
     from ._support import ValueSupport as ValueSupport
+    from ._weight_views import LayerWeights as LayerWeights
     from .activations import collect_token_activations_batched as collect_token_activations_batched
     from .activations import get_token_activations as get_token_activations
     from .activations import load_token_activations as load_token_activations
+    from .attribution import AttributionResult as AttributionResult
+    from .attribution import attribution_patching as attribution_patching
+    from .cache import ActivationCache as ActivationCache
+    from .cache import run_with_cache as run_with_cache
     from .display import plot_logit_lens as plot_logit_lens
     from .display import plot_topk_tokens as plot_topk_tokens
     from .display import prompts_to_df as prompts_to_df
+    from .edges import EdgeScores as EdgeScores
+    from .edges import edge_attribution_patching as edge_attribution_patching
+    from .grads import GradientResult as GradientResult
+    from .grads import IntegratedGradients as IntegratedGradients
+    from .grads import gradients as gradients
+    from .grads import integrated_gradients as integrated_gradients
     from .lens import TopTokens as TopTokens
     from .lens import logit_lens as logit_lens
+    from .metrics import LastTokenMetric as LastTokenMetric
+    from .metrics import last_token_metric as last_token_metric
+    from .metrics import logit_diff as logit_diff
+    from .patching import PatchResult as PatchResult
+    from .patching import patch_attention_outputs as patch_attention_outputs
+    from .patching import patch_heads as patch_heads
+    from .patching import patch_heads_by_position as patch_heads_by_position
+    from .patching import patch_mlp_outputs as patch_mlp_outputs
+    from .patching import patch_residual as patch_residual
+    from .patching import patch_sweep as patch_sweep
     from .patchscope import TargetPrompt as TargetPrompt
     from .patchscope import TargetPromptBatch as TargetPromptBatch
     from .patchscope import it_repeat_prompt as it_repeat_prompt
@@ -127,10 +182,23 @@ if TYPE_CHECKING:
     from .patchscope import patchscope_generate as patchscope_generate
     from .patchscope import patchscope_lens as patchscope_lens
     from .patchscope import repeat_prompt as repeat_prompt
+    from .path_patching import path_patch as path_patch
     from .prompts import Prompt as Prompt
     from .prompts import get_first_tokens as get_first_tokens
     from .prompts import results_to_dataframe as results_to_dataframe
     from .prompts import run_prompts as run_prompts
+    from .sae import SparseAutoencoder as SparseAutoencoder
+    from .sae import Transcoder as Transcoder
+    from .sae import load_sae as load_sae
+    from .sae import load_saes as load_saes
+    from .sae import save_sae as save_sae
+    from .sae_tools import AttachReport as AttachReport
+    from .sae_tools import LatentAttribution as LatentAttribution
+    from .sae_tools import TopLatents as TopLatents
+    from .sae_tools import generate_with_latent_steering as generate_with_latent_steering
+    from .sae_tools import latent_attribution as latent_attribution
+    from .sae_tools import steer_latents as steer_latents
+    from .sae_tools import top_latents as top_latents
     from .steering import generate_with_steering as generate_with_steering
     from .steering import steering_vector as steering_vector
 
@@ -149,10 +217,14 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ActivationCache",
     "ArchitectureError",
     "ArchitectureSpec",
+    "AttachReport",
     "AttentionProbabilities",
     "AttentionScores",
+    "attribution_patching",
+    "AttributionResult",
     "Binding",
     "BlockLayout",
     "CheckFailedError",
@@ -160,27 +232,50 @@ __all__ = [
     "CheckResult",
     "collect_token_activations_batched",
     "ConfigSwitch",
+    "edge_attribution_patching",
+    "EdgeScores",
+    "generate_with_latent_steering",
     "generate_with_steering",
     "get_first_tokens",
     "get_spec",
     "get_token_activations",
+    "GradientResult",
+    "gradients",
     "InPlaceEditError",
     "InputError",
+    "integrated_gradients",
+    "IntegratedGradients",
     "it_repeat_prompt",
+    "last_token_metric",
+    "LastTokenMetric",
+    "latent_attribution",
+    "LatentAttribution",
     "LayerIndexError",
     "LayerList",
     "LayerValues",
+    "LayerWeights",
     "Layout",
+    "load_sae",
+    "load_saes",
     "load_token_activations",
     "Locator",
+    "logit_diff",
     "logit_lens",
     "lookup_spec",
     "NamedValues",
     "OrderError",
     "OutsideTraceError",
+    "patch_attention_outputs",
+    "patch_heads",
+    "patch_heads_by_position",
+    "patch_mlp_outputs",
     "patch_object_attn_lens",
+    "patch_residual",
+    "patch_sweep",
+    "PatchResult",
     "patchscope_generate",
     "patchscope_lens",
+    "path_patch",
     "plot_logit_lens",
     "plot_topk_tokens",
     "Prompt",
@@ -191,15 +286,22 @@ __all__ = [
     "resolve_name",
     "results_to_dataframe",
     "run_prompts",
+    "run_with_cache",
+    "save_sae",
     "ShapeError",
     "SiteRef",
     "Sizes",
+    "SparseAutoencoder",
     "StandardizedTransformer",
+    "steer_latents",
     "steering_vector",
     "SupportReport",
     "TargetPrompt",
     "TargetPromptBatch",
+    "top_latents",
+    "TopLatents",
     "TopTokens",
+    "Transcoder",
     "UnavailableError",
     "UniterpError",
     "ValueSupport",

@@ -31,6 +31,11 @@ _CUSTOM_SPEC_HINT = (
 class UniterpError(Exception):
     """Base class of every error uniterp raises on purpose."""
 
+    def __reduce__(self) -> tuple:
+        # errors whose constructor takes structured arguments pickle through them (remote runs)
+        args = getattr(self, "_args", None)
+        return (type(self), args) if args is not None else Exception.__reduce__(self)
+
 
 class ArchitectureError(UniterpError):
     """A standardized name could not be located or verified on this model.
@@ -55,10 +60,12 @@ class ArchitectureError(UniterpError):
         self.name = name
         self.tried = list(tried)
         self.reason = reason
+        self._args = (model_type, name, list(tried), reason)
         tried_text = ", ".join(repr(p) for p in self.tried) if self.tried else "nothing"
-        super().__init__(
+        Exception.__init__(
+            self,
             f"{model_type}: cannot locate {name!r} ({reason}). Native paths tried: "
-            f"{tried_text}. {_CUSTOM_SPEC_HINT}"
+            f"{tried_text}. {_CUSTOM_SPEC_HINT}",
         )
 
 
@@ -75,7 +82,8 @@ class UnavailableError(UniterpError):
         self.model_type = model_type
         self.name = name
         self.reason = reason
-        super().__init__(f"{model_type}: {name!r} is unavailable: {reason}")
+        self._args = (model_type, name, reason)
+        Exception.__init__(self, f"{model_type}: {name!r} is unavailable: {reason}")
 
 
 class LayerIndexError(UniterpError, IndexError):

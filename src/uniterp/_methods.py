@@ -122,7 +122,7 @@ class StandardMethods:
         """
         skip_layer_range(self, start, end, skip_with)
 
-    def support(self) -> SupportReport:
+    def support(self, *, weights: bool = False) -> SupportReport:
         """Which standardized values this model offers, on which layers, and why not.
 
         Example::
@@ -132,12 +132,22 @@ class StandardMethods:
               token_embeddings   available
               layers_input       available on every layer
               ...
+            >>> model.support(weights=True)["W_Q"].layers      # weights in standard shapes too
+
+        Args:
+            weights: Also list the weights in standard shapes (``W_Q`` ... ``W_U``) and
+                why any is unavailable; this loads the weights.
         """
         from ._support import support_report
 
-        return support_report(self)
+        report = support_report(self)
+        if weights:
+            from ._weight_views import weight_support
 
-    def check(self, prompts: Sequence[str] | None = None) -> CheckResult:
+            report.values += weight_support(self)
+        return report
+
+    def check(self, prompts: Sequence[str] | None = None, *, internals: bool = False) -> CheckResult:
         """Run the numerical checks on a short real input; see `CheckResult`.
 
         Example::
@@ -145,14 +155,25 @@ class StandardMethods:
             >>> result = model.check()
             >>> result.passed
             True
+            >>> model.check(internals=True).passed     # heads, neurons and decompositions too
 
         Args:
             prompts: Prompts to check with (default: two built-in prompts of
                 different lengths, left-padded).
+            internals: Also check the values inside the blocks against the weights
+                (``head_outputs · W_O + b_O`` and ``mlp_neurons · W_out + b_out`` equal
+                the projections' outputs) and that the residual decomposes into its
+                parts. Loads the weights; reading the attention kernel's inputs
+                instruments the attention forwards.
         """
         from ._check import run_checks
 
-        return run_checks(self, prompts)
+        result = run_checks(self, prompts)
+        if internals:
+            from ._cache_checks import check_internals
+
+            result.items += check_internals(self, prompts)
+        return result
 
     def __repr__(self) -> str:
         from ._support import describe_tree

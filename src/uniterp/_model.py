@@ -27,6 +27,7 @@ from ._nnsight_compat import envoy_at, native_module
 from ._norms import NORM_SITES
 from ._paths import module_at
 from ._runtime import Runtime
+from ._sae_attach import SAEAttachment
 from ._sites import (
     AttentionProbabilities,
     AttentionScores,
@@ -36,6 +37,7 @@ from ._sites import (
 from ._sizes import text_config
 from ._spec import ArchitectureSpec
 from ._values import StandardValues
+from ._weight_views import WeightViews
 
 if TYPE_CHECKING:
     pass
@@ -45,7 +47,7 @@ __all__ = ["StandardizedTransformer"]
 logger = logging.getLogger("uniterp")
 
 
-class StandardizedTransformer(StandardValues, StandardMethods, TransformersModel):
+class StandardizedTransformer(StandardValues, StandardMethods, WeightViews, SAEAttachment, TransformersModel):
     """A HuggingFace causal LM with standardized names, on nnsight 0.8.
 
     Example::

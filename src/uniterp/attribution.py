@@ -47,7 +47,7 @@ from ._pairs import Pairs, check_mode, encode_pairs, positive_int
 from ._probes import PER_LAYER, Edits, ToolSite, grad_mode, probe, unit_dims
 from ._qk import fit_scale, key_effects, query_effects
 from ._results import AttributionResult
-from .gradients import _grad
+from .grads import _grad
 from .metrics import check_metric, logits_kwargs, metric_value
 from .patching import _axis_values, check_over, sweep_sites
 

@@ -45,7 +45,7 @@ from ._nnsight_compat import native_module
 from ._pairs import check_mode, encode_pairs, positive_int
 from ._probes import Edits, ToolSite, grad_mode, probe
 from ._tolerances import sum_tolerance
-from .gradients import _grad
+from .grads import _grad
 from .metrics import check_metric, logits_kwargs, metric_value
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Example::
 
-    >>> from uniterp.gradients import gradients, integrated_gradients
+    >>> from uniterp.grads import gradients, integrated_gradients
     >>> from uniterp.metrics import logit_diff
     >>> metric = logit_diff(model, " Paris", " Tokyo")
     >>> g = gradients(model, ["The capital of France is"], metric, ["token_embeddings", "layers_output.2"])
