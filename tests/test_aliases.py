@@ -153,3 +153,10 @@ def test_attention_pattern_alias_with_eager_attention() -> None:
         scores = model.sites["blocks.0.attn.hook_attn_scores"].save()
         pattern = model.sites["blocks.0.attn.hook_pattern"].save()
     torch.testing.assert_close(scores.softmax(-1), pattern, rtol=0, atol=1e-6)
+
+
+def test_a_native_path_that_looks_like_a_standard_name() -> None:
+    # sparsify names a decoder layer "layers.1": a module path, not a value called "layers"
+    model = load_tiny("llama")
+    assert model.sites.resolve("layers.1").standard_name == "layers_output.1"
+    assert model.sites.resolve("layers.1", io="input").standard_name == "layers_input.1"

@@ -141,3 +141,11 @@ def test_block_layout_follows_the_config(overrides: dict, expected: str) -> None
     model = StandardizedTransformer(tiny_model_path("gpt_neox", **overrides))
     assert model.binding.block == expected
     assert model.check().passed
+
+
+def test_bloom_with_the_residual_after_the_norm_claims_no_sum() -> None:
+    model = StandardizedTransformer(tiny_model_path("bloom", apply_residual_connection_post_layernorm=True))
+    assert model.binding.block == "unknown"
+    result = model.check()
+    assert result.passed, str(result)
+    assert StandardizedTransformer(tiny_model_path("bloom")).binding.block == "sequential"

@@ -168,3 +168,15 @@ def test_standalone_envoy_serves_a_module_called_from_a_hook() -> None:
         handle.remove()
     compat.drop_standalone_envoy(envoy)
     assert id(passthrough) not in model.interleaver.envoys
+
+
+def test_reading_the_labels_does_not_instrument_the_forward() -> None:
+    model = StandardizedTransformer(tiny_model_path("llama"))
+    envoy = compat.envoy_at(model, "model.layers.1.self_attn")
+    assert not compat.is_instrumented(envoy)  # binding read every attention forward's labels
+    compiled = compat.source_compiled(envoy)
+    assert not compat.is_instrumented(envoy)
+    calls = compat.source_calls(envoy)
+    assert [compat.op_base(c) for c in calls].count("attention_interface") == 1
+    assert tuple(compiled.names) == compat.source_names(envoy)  # the same labels nnsight serves
+    assert compat.is_instrumented(envoy)  # .source instruments, permanently

@@ -156,7 +156,7 @@ def resolve_name(binding: Binding, name: str, io: Literal["output", "input"] = "
     if name in TL_REFUSED:
         raise UnavailableError(binding.model_type, name, TL_REFUSED[name])
     standard = _STANDARD.match(name)
-    if standard:
+    if standard and standard.group("site") in _per_layer_values():
         layer = int(standard.group("dot") or standard.group("bracket"))
         return _checked(binding, SiteRef(standard.group("site"), _layer(layer, n, name), "same", None, name))
     block = _TL_BLOCK.match(name)
@@ -173,10 +173,23 @@ def resolve_name(binding: Binding, name: str, io: Literal["output", "input"] = "
     ref = _native(binding, name, io)
     if ref is not None:
         return ref
+    if standard:
+        raise InputError(
+            f"{name!r}: {standard.group('site')!r} is not a per-layer value uniterp knows, nor a native module "
+            f"path of {binding.model_type} that holds one"
+        )
     raise InputError(
         f"{name!r} is not a standardized value (e.g. 'layers_output.3'), a TransformerLens hook name "
         f"(e.g. 'blocks.3.hook_resid_post') or a native module path of {binding.model_type} that holds one"
     )
+
+
+def _per_layer_values() -> tuple[str, ...]:
+    from ._internals import INTERNAL_SITES
+    from ._layout import LAYER_SITES
+    from ._norms import NORM_SITES
+
+    return LAYER_SITES + NORM_SITES + INTERNAL_SITES + ("attention_scores", "attention_probabilities")
 
 
 def _layer(layer: int, n: int, name: str) -> int:

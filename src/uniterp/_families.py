@@ -66,6 +66,8 @@ _SPECS: dict[str, ArchitectureSpec] = {
         attention="self_attention",
         attention_output="self_attention.dense",
         mlp_output="mlp.dense_4h_to_h",
+        # with the residual taken after the layer norm, the block adds no residual of its input
+        block=ConfigSwitch("apply_residual_connection_post_layernorm", "unknown", "sequential"),
         notes="Attention and MLP add the residual inside their modules; their "
         "contributions are read at self_attention.dense and mlp.dense_4h_to_h.",
     ),

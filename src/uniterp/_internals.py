@@ -316,17 +316,88 @@ def _first_input(record: Any, want: Any, width: int | None) -> tuple[int | str |
 
 
 def with_kernel_sites(model: Any, layout: Any, stack: str, sizes: Sizes) -> Any:
-    """``layout`` with the operation-found values (queries, keys, values, pre-rotary) of every layer added."""
+    """``layout`` with the operation-found values (queries, keys, values, pre-rotary) of every layer added.
+
+    The labels are read without instrumenting anything; then one forward on fake
+    tensors (nnsight's ``scan``) reads each operation's argument shapes, so a value
+    whose operation receives something else (a partial rotary embedding gets part
+    of each head) is refused here with the reason rather than when read; the
+    attention forwards are left uninstrumented afterwards.
+    """
     from dataclasses import replace
 
     from ._layout import FrozenDict
 
     cache: dict[type, Any] = {}
-    layers, reasons = [], []
-    for index, (locators, why) in enumerate(zip(layout.layers, layout.unavailable)):
+    found_all: list[dict[str, Any]] = []
+    missing_all: list[dict[str, str]] = []
+    for index in range(len(layout.layers)):
         found, missing = kernel_locators(
             model, index, stack, layout.modules[index].get("self_attn"), sizes, cache
         )
-        layers.append(FrozenDict({**locators, **found}))
-        reasons.append(FrozenDict({**why, **missing}))
-    return replace(layout, layers=tuple(layers), unavailable=tuple(reasons))
+        found_all.append(found)
+        missing_all.append(missing)
+    _verify_shapes(model, found_all, missing_all)
+    layers = tuple(FrozenDict({**old, **new}) for old, new in zip(layout.layers, found_all))
+    reasons = tuple(FrozenDict({**old, **new}) for old, new in zip(layout.unavailable, missing_all))
+    return replace(layout, layers=layers, unavailable=reasons)
+
+
+def _verify_shapes(model: Any, found: list[dict[str, Any]], missing: list[dict[str, str]]) -> None:
+    """Check every operation-found value's shape in one fake-tensor forward; move misfits to ``missing``."""
+    from ._nnsight_compat import envoy_at, is_instrumented, quiet_fake_tensor_logs, source_op, uninstrument
+    from ._rules import PROBE_PROMPTS
+
+    ops: list[tuple[int, tuple[str, ...], str]] = []
+    for layer, locators in enumerate(found):
+        for loc in sorted({(loc.op, loc.path) for loc in locators.values()}, key=lambda o: o[0]):
+            ops.append((layer, *loc))
+    if not ops:
+        return
+    envoys = {path: envoy_at(model, path) for _, _, path in ops}
+    was = {path: is_instrumented(envoy) for path, envoy in envoys.items()}
+    shapes: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
+    order = _forward_order(ops, found)
+    try:
+        with quiet_fake_tensor_logs(), model.scan(list(PROBE_PROMPTS)):
+            for layer, op, path in order:
+                args, _ = source_op(envoys[path], op).inputs
+                shapes[layer, op] = [tuple(a.shape) if hasattr(a, "shape") else None for a in args]
+    except Exception:  # noqa: BLE001 - no scan here: the shape is checked when a value is read
+        return
+    finally:
+        for path, envoy in envoys.items():
+            if not was[path]:
+                uninstrument(envoy)
+    for layer, locators in enumerate(found):
+        for site in list(locators):
+            loc = locators[site]
+            args = shapes.get((layer, loc.op), [])
+            shape = args[loc.key] if isinstance(loc.key, int) and loc.key < len(args) else None
+            expect = loc.expect or ()
+            if (
+                shape is None
+                or len(shape) != len(expect)
+                or any(e is not None and e != d for e, d in zip(expect, shape))
+            ):
+                wanted = "(" + ", ".join("*" if e is None else str(e) for e in expect) + ")"
+                hint = ""
+                if shape and len(shape) == len(expect) and expect[-1] is not None and shape[-1] < expect[-1]:
+                    hint = " (it receives part of each head: a partial rotary embedding)"
+                missing[layer][site] = (
+                    f"{loc.path}.source.{'.'.join(loc.op)} receives argument {loc.key} of shape {shape}, not "
+                    f"{wanted}{hint}"
+                )
+                del locators[site]
+
+
+def _forward_order(ops: list[tuple[int, tuple[str, ...], str]], found: list[dict[str, Any]]) -> list[Any]:
+    """Operations by layer, and within a layer the rotary call before the kernel call."""
+    rank = {"queries_pre_rotary": 0, "keys_pre_rotary": 0, "queries": 1, "keys": 1, "values": 1}
+
+    def key(item: tuple[int, tuple[str, ...], str]) -> tuple[int, int]:
+        layer, op, _ = item
+        sites = [s for s, loc in found[layer].items() if loc.op == op]
+        return layer, min(rank.get(s, 2) for s in sites)
+
+    return sorted(ops, key=key)

@@ -34,11 +34,14 @@ __all__ = [
     "quiet_fake_tensor_logs",
     "refresh_envoys",
     "select_cache_rows",
+    "is_instrumented",
     "source_calls",
+    "source_compiled",
     "source_names",
     "source_op",
     "standalone_envoy",
     "tensor_version",
+    "uninstrument",
 ]
 
 #: The versions every internal below was checked against.
@@ -194,16 +197,61 @@ def source_names(envoy: Any) -> tuple[str, ...]:
     return tuple(envoy.source.names)
 
 
+def source_compiled(envoy: Any) -> Any:
+    """The labels, lines and text nnsight gives the module's ``forward``, WITHOUT instrumenting it.
+
+    ``envoy.source`` instruments the module's forward permanently (every later
+    trace then pays a small cost per operation). Structural location only needs the
+    labels, so this compiles the forward the same way nnsight does (its decorators
+    peeled, ``nnsight.intervention.source.compiled``, cached per code object) and
+    leaves the module untouched. Returns nnsight's ``Compiled`` (``names``,
+    ``lines``, ``source``).
+    """
+    from nnsight.intervention import source as nn_source
+
+    module = native_module(envoy)
+    state = module.__dict__.get(nn_source.STATE)
+    body = state.original if state is not None else nn_source.module_body(module)
+    if not (inspect.isfunction(body) or inspect.ismethod(body)) and callable(body):
+        body = type(body).__call__
+    function = body.__func__ if inspect.ismethod(body) else body
+    inner, _ = nn_source.decorator_chain(function)
+    return nn_source.compiled(inner)
+
+
+def is_instrumented(envoy: Any) -> bool:
+    """Whether the module's forward is source-instrumented (``State.sourced``)."""
+    from nnsight.intervention import source as nn_source
+
+    state = native_module(envoy).__dict__.get(nn_source.STATE)
+    return bool(state is not None and state.sourced)
+
+
+def uninstrument(envoy: Any) -> None:
+    """Undo the source instrumentation of the module's forward (back to ``State.original``).
+
+    For a probe that read operations once; nnsight re-instruments the module the
+    next time ``.source`` is used.
+    """
+    from nnsight.intervention import source as nn_source
+
+    state = native_module(envoy).__dict__.get(nn_source.STATE)
+    if state is not None and state.sourced:
+        state.body = state.original
+        state.sourced = False
+
+
 def source_calls(envoy: Any) -> tuple[str, ...]:
-    """The labels of ``envoy.source`` that are function calls (not assignments), in source order.
+    """The labels of the module's forward that are function calls (not assignments), in source order.
 
     nnsight labels a call and an assignment to the same name alike
     (``attention_interface = ...`` and ``attention_interface(...)``); the compiled
-    forward's source text and each label's line (``Source.compiled``) tell them apart.
+    forward's source text and each label's line tell them apart. Does not
+    instrument the module (`source_compiled`).
     """
     import ast
 
-    compiled = envoy.source.compiled
+    compiled = source_compiled(envoy)
     calls: set[tuple[int, str]] = set()
     for node in ast.walk(ast.parse(compiled.source)):
         if isinstance(node, ast.Call):

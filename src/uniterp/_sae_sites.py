@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from ._aliases import SiteRef, _native, normalize, resolve_name
+from ._aliases import SiteRef, normalize, resolve_name
 from ._errors import InputError, ShapeError, UnavailableError
 from ._layout import Locator
 from ._nnsight_compat import native_module
@@ -191,27 +191,12 @@ def _translate(name: str, io: str) -> tuple[str, str]:
     return name, io
 
 
-def _resolve(binding: Any, name: str, io: str) -> SiteRef:
-    """`resolve_name`, falling back to a native module path where the name only looks standardized.
-
-    sparsify names a decoder layer ``layers.10``, which reads like a standardized name
-    (``layers_output.10``) for a value called ``layers`` that does not exist.
-    """
-    try:
-        return resolve_name(binding, name, io)  # type: ignore[arg-type]
-    except InputError:
-        ref = _native(binding, name, io)
-        if ref is None:
-            raise
-        return ref
-
-
 def _site(
     model: StandardizedTransformer, sae: SparseAutoencoder, name: str, io: str, width: int, what: str
 ) -> SAESite:
     binding = model.binding
     translated, io = _translate(name, io)
-    ref = _resolve(binding, translated, io)
+    ref = resolve_name(binding, translated, io)  # type: ignore[arg-type]
     ref = SiteRef(ref.site, ref.layer, ref.transform, ref.norm, name)
     if ref.site not in ATTACHABLE:
         raise InputError(
