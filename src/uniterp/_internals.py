@@ -241,7 +241,8 @@ def internal_locators(
     base: str, paths: InternalPaths, seen: dict[str, Any], want: Any, sizes: Sizes
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Locators of one layer's module-seam values from what the probe saw, and reasons where none fit."""
-    from ._layout import Locator, _describe, _is_tensor
+    from ._layout import Locator
+    from ._layout_probe import _describe, _is_tensor
 
     locators: dict[str, Locator] = {}
     reasons: dict[str, str] = {}
@@ -291,7 +292,7 @@ def internal_locators(
 
 def _tokens_like(m: Any, batch: int, seq: int, width: int | None = None) -> str | None:
     """``"full"`` for ``(batch, seq, w)``, ``"flat"`` for ``(batch * seq, w)`` (any ``w`` unless given)."""
-    from ._layout import _is_tensor
+    from ._layout_probe import _is_tensor
 
     if not _is_tensor(m):
         return None

@@ -181,13 +181,9 @@ def run_demo(
     Returns:
         The exit status: 1 when ``model.check()`` fails.
     """
-    import torch
     from transformers.utils import logging as hf_logging
 
     from ._model import StandardizedTransformer
-    from ._tooling import tokenize
-    from .lens import logit_lens
-    from .patchscope import patchscope_lens, repeat_prompt
     from .tiny import TINY_MODEL_NAME, resolve_model_name
 
     hf_logging.set_verbosity_error()
@@ -195,17 +191,29 @@ def run_demo(
     out = _Transcript(echo)
     start = time.perf_counter()
     model = StandardizedTransformer(resolve_model_name(TINY_MODEL_NAME))
-    tok = model.tokenizer
     out(
         f"uniterp demo: {TINY_MODEL_NAME}, a {model.num_layers}-layer {model.model_type} model "
         f"(hidden {model.hidden_size}, {model.num_heads} heads, {model.num_kv_heads} key/value heads), "
         f"loaded offline and validated on every layer in {time.perf_counter() - start:.1f}s"
     )
     out(repr(model))
+    probs = _lens_section(model, out)
+    scope = _patchscope_section(model, out)
+    steering = _steering_section(model, out)
+    result = _check_section(model, out, echo)
+    if html is not None:
+        _report(model, out, echo, html, probs, scope, steering)
+    echo(f"\nDone in {time.perf_counter() - start:.1f}s.")
+    return 0 if result.passed else 1
 
-    # 1. logit lens
+
+def _lens_section(model: Any, out: _Transcript) -> Any:
+    """The logit lens of the lens prompts: ``(n_prompts, n_layers, vocab)``, printed layer by layer."""
+    from .lens import logit_lens
+
+    tok = model.tokenizer
     out.section("lens", "\n== Logit lens: each layer's residual stream read through the unembedding ==")
-    probs = logit_lens(model, list(LENS_PROMPTS))  # (n_prompts, n_layers, vocab)
+    probs = logit_lens(model, list(LENS_PROMPTS))
     for p, prompt in enumerate(LENS_PROMPTS):
         out(f"\n{prompt!r}")
         for layer in range(model.num_layers):
@@ -213,30 +221,44 @@ def run_demo(
     paris = tok(" Paris")["input_ids"][0]
     trail = "  ".join(f"L{i}: {float(v):.2f}" for i, v in enumerate(probs[0, :, paris]))
     out(f"\nP(' Paris' | {LENS_PROMPTS[0]!r}) by layer: {trail}")
+    return probs
 
-    # 2. patchscope
+
+def _patchscope_section(model: Any, out: _Transcript) -> Any:
+    """Patchscopes of the sources through the identity prompt: ``(n_sources, n_layers, vocab)``."""
+    from .patchscope import patchscope_lens, repeat_prompt
+
     target = repeat_prompt()
     out.section(
         "scope",
         f"\n== Patchscope: each layer's state at a prompt's last token, patched into {target.prompt!r} "
         "and read back ==",
     )
-    scope = patchscope_lens(model, list(PATCHSCOPE_SOURCES), target)  # (n_sources, n_layers, vocab)
+    scope = patchscope_lens(model, list(PATCHSCOPE_SOURCES), target)
     for s, source in enumerate(PATCHSCOPE_SOURCES):
         cells = "  ".join(
-            f"L{layer}: {_tok(tok, int(scope[s, layer].argmax()))}" for layer in range(model.num_layers)
+            f"L{layer}: {_tok(model.tokenizer, int(scope[s, layer].argmax()))}"
+            for layer in range(model.num_layers)
         )
         out(f"  {source!r:<28} {cells}")
     out("  (early layers still hold the prompt's last word; later ones what comes next)")
+    return scope
 
-    # 3. steering
+
+def _steering_section(model: Any, out: _Transcript) -> _Steering:
+    """Steering at the subject's token, early and late; the distributions for the report."""
+    import torch
+
+    from ._tooling import tokenize
+
+    tok = model.tokenizer
     early, late = max(0, model.num_layers // 2 - 1), model.num_layers - 2
     out.section(
         "steer",
         f"\n== Steering: add mean(France states) - mean(Japan states) at ' Japan' in {STEER_PROMPT!r} ==",
     )
-    subject = len(tokenize(model, [STEER_PROMPT])[0]) - 2  # the " Japan" token
-    subject_text = tok.decode([tokenize(model, [STEER_PROMPT])[0][subject]])
+    ids = tokenize(model, [STEER_PROMPT])[0]
+    subject = len(ids) - 2  # the " Japan" token
     with torch.no_grad(), model.trace(STEER_PROMPT):
         before = model.next_token_probs.save()
     after = _steered(model, early, subject)
@@ -249,34 +271,41 @@ def run_demo(
             f"  The answer is read from the subject's position up to about layer {early}; "
             f"by layer {late} it has moved to the last token, so steering ' Japan' there changes nothing."
         )
+    return _Steering(early, late, subject, tok.decode([ids[subject]]), before[0], after[0], too_late[0])
 
-    # 4. checks
+
+def _check_section(model: Any, out: _Transcript, echo: Callable[[str], Any]) -> Any:
+    """``model.check()``: a summary on screen, the full list in the report."""
     result = model.check()
-    counts = {
-        status: sum(item.status == status for item in result.items)
-        for status in ("passed", "failed", "skipped")
-    }
+    counts = {s: sum(item.status == s for item in result.items) for s in ("passed", "failed", "skipped")}
     out.section(
         "check",
         f"\n== model.check(): {'PASSED' if result.passed else 'FAILED'} "
         f"({counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped) ==",
     )
-    out.sections["check"].append(str(result))  # the full list in the report, a summary on screen
+    out.sections["check"].append(str(result))
     if not result.passed:
         echo(str(result))
+    return result
 
-    if html is not None:
-        steering = _Steering(early, late, subject, subject_text, before[0], after[0], too_late[0])
-        figures = _figures(model, probs, scope, steering)
-        if figures:
-            intro, tree = out.sections["intro"][0], "\n".join(out.sections["intro"][1:])
-            sections = [("The model", tree, TREE_NOTE), *_sections(out, figures)]
-            write_report(html, "uniterp demo on uniterp-tiny", sections, intro=intro)
-            echo(f"\nHTML report: {html}")
-        else:
-            echo("\n(no HTML report: install plotly with `pip install 'uniterp[display]'`)")
-    echo(f"\nDone in {time.perf_counter() - start:.1f}s.")
-    return 0 if result.passed else 1
+
+def _report(
+    model: Any,
+    out: _Transcript,
+    echo: Callable[[str], Any],
+    html: str,
+    probs: Any,
+    scope: Any,
+    steering: _Steering,
+) -> None:
+    figures = _figures(model, probs, scope, steering)
+    if not figures:
+        echo("\n(no HTML report: install plotly with `pip install 'uniterp[display]'`)")
+        return
+    intro, tree = out.sections["intro"][0], "\n".join(out.sections["intro"][1:])
+    sections = [("The model", tree, TREE_NOTE), *_sections(out, figures)]
+    write_report(html, "uniterp demo on uniterp-tiny", sections, intro=intro)
+    echo(f"\nHTML report: {html}")
 
 
 def _steered(model: Any, layer: int, position: int) -> Any:
