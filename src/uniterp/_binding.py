@@ -26,9 +26,9 @@ from ._errors import ArchitectureError, UniterpError
 from ._families import SpecSource
 from ._internals import with_kernel_sites
 from ._layout import Layout, Locator
+from ._layout_probe import probe_layout
 from ._nnsight_compat import native_module
 from ._paths import module_at
-from ._layout_probe import probe_layout
 from ._sizes import Sizes, read_sizes, text_config
 from ._spec import ArchitectureSpec, BlockLayout
 
