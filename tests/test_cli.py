@@ -257,13 +257,13 @@ def test_subcommand_help_has_a_description_and_defaults(command: str, capsys) ->
 @pytest.fixture
 def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """Argument errors must come before any model is loaded or the demo runs."""
-    import uniterp.cli as cli
+    import uniterp._cli_commands as commands
     import uniterp.demo as demo
 
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(cli, "_load_model", refuse)
+    monkeypatch.setattr(commands, "_load_model", refuse)
     monkeypatch.setattr(demo, "run_demo", refuse)
 
 
@@ -330,7 +330,8 @@ def test_demo_html_to_an_unwritable_path_fails_at_once(tmp_path: Path) -> None:
 
 
 def test_top_k_larger_than_the_vocabulary_is_refused() -> None:
-    from uniterp.cli import CommandError, _check_top_k
+    from uniterp._cli_commands import _check_top_k
+    from uniterp.cli import CommandError
 
     class Small:
         vocab_size = 50
