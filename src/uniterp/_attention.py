@@ -213,14 +213,31 @@ def write_probabilities(model: StandardizedTransformer, layer: int, value: torch
     _write(model, layer, _located(model, layer), value)
 
 
-def _read(model: StandardizedTransformer, layer: int, entry: Located) -> torch.Tensor:
-    native = _resolve(envoy_at(model.layers[layer], entry.attention), entry.ops).output
-    if entry.heads is None:
+def _to_heads(native: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """A native ``(batch * heads, q, k)`` tensor as this invoke's ``(batch, heads, q, k)`` view (4-D: as is)."""
+    if heads is None:
         return native
-    rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
+    rows = invoke_rows(native.shape[0], heads) if heads > 1 else None
     if rows is not None:
         native = native.narrow(0, rows[0], rows[1] - rows[0])
-    return native.view(-1, entry.heads, *native.shape[1:])
+    return native.view(-1, heads, *native.shape[1:])
+
+
+def _to_native(native: torch.Tensor, value: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """Inverse of `_to_heads` for a write: this invoke's rows put back into the shared native tensor."""
+    if heads is None:
+        return value
+    value = value.reshape(-1, *value.shape[2:])
+    rows = invoke_rows(native.shape[0], heads) if heads > 1 else None
+    if rows is not None:  # this invoke's rows only; the tensor is shared by all invokes
+        merged = native.clone()
+        merged[rows[0] : rows[1]] = value
+        value = merged
+    return value
+
+
+def _read(model: StandardizedTransformer, layer: int, entry: Located) -> torch.Tensor:
+    return _to_heads(_resolve(envoy_at(model.layers[layer], entry.attention), entry.ops).output, entry.heads)
 
 
 def _write(model: StandardizedTransformer, layer: int, entry: Located, value: torch.Tensor) -> None:
@@ -233,15 +250,7 @@ def _write(model: StandardizedTransformer, layer: int, entry: Located, value: to
             f"{tuple(current.shape)} (batch, heads, q, k); got {given}"
         )
     value = value.to(dtype=current.dtype, device=current.device)
-    if entry.heads is not None:
-        value = value.reshape(-1, *value.shape[2:])
-        native = site.output
-        rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
-        if rows is not None:  # this invoke's rows only; the tensor is shared by all invokes
-            merged = native.clone()
-            merged[rows[0] : rows[1]] = value
-            value = merged
-    site.output = value
+    site.output = _to_native(site.output, value, entry.heads)
 
 
 def read_scores(model: StandardizedTransformer, layer: int) -> torch.Tensor:
@@ -266,26 +275,13 @@ def write_scores(model: StandardizedTransformer, layer: int, value: torch.Tensor
     current = _read_scores(model, layer, entry)
     value = conform(f"attention_scores[{layer}]", model.model_type, value, current)
     args, kwargs = site.inputs
-    native = args[0] if args else kwargs["input"]
-    if entry.heads is not None:
-        value = value.reshape(-1, *value.shape[2:])
-        rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
-        if rows is not None:
-            merged = native.clone()
-            merged[rows[0] : rows[1]] = value
-            value = merged
+    value = _to_native(args[0] if args else kwargs["input"], value, entry.heads)
     site.inputs = ((value, *args[1:]), kwargs) if args else (args, {**kwargs, "input": value})
 
 
 def _read_scores(model: StandardizedTransformer, layer: int, entry: Located) -> torch.Tensor:
     args, kwargs = _resolve(envoy_at(model.layers[layer], entry.attention), entry.softmax).inputs
-    native = args[0] if args else kwargs["input"]
-    if entry.heads is None:
-        return native
-    rows = invoke_rows(native.shape[0], entry.heads) if entry.heads > 1 else None
-    if rows is not None:
-        native = native.narrow(0, rows[0], rows[1] - rows[0])
-    return native.view(-1, entry.heads, *native.shape[1:])
+    return _to_heads(args[0] if args else kwargs["input"], entry.heads)
 
 
 def _located(model: StandardizedTransformer, layer: int) -> Located:

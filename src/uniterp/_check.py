@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._errors import CheckFailedError
-from ._layout import LAYER_SITES, to_standard
+from ._layout import FORWARD_ORDER, LAYER_SITES, to_standard
 from ._nnsight_compat import native_module
 from ._rules import PROBE_PROMPTS
 from ._tolerances import lens_tolerance, sum_tolerance
@@ -21,16 +21,10 @@ if TYPE_CHECKING:
 __all__ = ["CheckItem", "CheckResult", "run_checks"]
 
 #: Per-layer values the checked forward reads, in forward order (residual values and those from norms).
-_CHECKED_SITES = (
-    "layers_input",
-    "attentions_input",
-    "attentions_output",
-    "attentions_output_normed",
-    "residual_mid",
-    "mlps_input",
-    "mlps_output",
-    "mlps_output_normed",
-    "layers_output",
+_CHECKED_SITES = tuple(
+    s
+    for s in FORWARD_ORDER
+    if s in LAYER_SITES or s in ("attentions_output_normed", "residual_mid", "mlps_output_normed")
 )
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["LAYER_SITES", "FrozenDict", "Layout", "Locator", "to_native", "to_standard"]
+__all__ = ["FORWARD_ORDER", "LAYER_SITES", "FrozenDict", "Layout", "Locator", "to_native", "to_standard"]
 
 #: Per-layer standardized values, in forward order.
 LAYER_SITES: tuple[str, ...] = (
@@ -20,6 +20,33 @@ LAYER_SITES: tuple[str, ...] = (
     "attentions_output",
     "mlps_input",
     "mlps_output",
+    "layers_output",
+)
+
+
+#: Every per-layer value, in the order a block computes them (attention before MLP). Reads
+#: and writes inside one invoke must follow it; tools sort what they touch by it.
+FORWARD_ORDER: tuple[str, ...] = (
+    "layers_input",
+    "attentions_input",
+    "queries_pre_rotary",
+    "keys_pre_rotary",
+    "queries",
+    "keys",
+    "values",
+    "attention_scores",
+    "attention_probabilities",
+    "head_outputs",
+    "attentions_output",
+    "attentions_output_normed",
+    "residual_mid",
+    "mlps_input",
+    "router_logits",
+    "expert_indices",
+    "expert_weights",
+    "mlp_neurons",
+    "mlps_output",
+    "mlps_output_normed",
     "layers_output",
 )
 

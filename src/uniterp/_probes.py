@@ -24,7 +24,7 @@ import torch
 from ._aliases import GLOBAL_VALUES, SiteRef, read_ref, resolve_name, write_ref
 from ._errors import InputError, UnavailableError
 from ._internals import INTERNAL_SITES
-from ._layout import LAYER_SITES
+from ._layout import FORWARD_ORDER, LAYER_SITES
 from ._norms import NORM_SITES
 
 if TYPE_CHECKING:
@@ -39,30 +39,7 @@ __all__ = [
     "unit_dims",
 ]
 
-#: Every value of a layer, in the order a block computes them (attention before MLP).
-SITE_ORDER: tuple[str, ...] = (
-    "layers_input",
-    "attentions_input",
-    "queries_pre_rotary",
-    "keys_pre_rotary",
-    "queries",
-    "keys",
-    "values",
-    "attention_scores",
-    "attention_probabilities",
-    "head_outputs",
-    "attentions_output",
-    "attentions_output_normed",
-    "residual_mid",
-    "mlps_input",
-    "router_logits",
-    "expert_indices",
-    "expert_weights",
-    "mlp_neurons",
-    "mlps_output",
-    "mlps_output_normed",
-    "layers_output",
-)
+SITE_ORDER = FORWARD_ORDER  # every value of a layer, in the order a block computes them
 PER_LAYER = frozenset(
     LAYER_SITES + INTERNAL_SITES + NORM_SITES + ("attention_scores", "attention_probabilities")
 )

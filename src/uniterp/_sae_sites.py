@@ -29,7 +29,7 @@ import torch
 
 from ._aliases import SiteRef, normalize, resolve_name
 from ._errors import InputError, ShapeError, UnavailableError
-from ._layout import Locator
+from ._layout import FORWARD_ORDER, Locator
 from ._nnsight_compat import native_module
 from ._rules import DICTIONARY_LEARNING_HOOKS
 
@@ -43,17 +43,24 @@ __all__ = ["ATTACHABLE", "SAESite", "sae_sites", "site_width"]
 #: orders a transcoder's input before its output).
 ATTACHABLE: dict[str, float] = {
     "token_embeddings": -1.0,
-    "layers_input": 0.0,
-    "attentions_input": 1.0,
-    "head_outputs": 2.0,
-    "attentions_output": 3.0,
-    "attentions_output_normed": 4.0,
-    "residual_mid": 5.0,
-    "mlps_input": 6.0,
-    "mlp_neurons": 7.0,
-    "mlps_output": 8.0,
-    "mlps_output_normed": 9.0,
-    "layers_output": 10.0,
+    **{
+        site: float(rank)
+        for rank, site in enumerate(FORWARD_ORDER)
+        if site
+        in (
+            "layers_input",
+            "attentions_input",
+            "head_outputs",
+            "attentions_output",
+            "attentions_output_normed",
+            "residual_mid",
+            "mlps_input",
+            "mlp_neurons",
+            "mlps_output",
+            "mlps_output_normed",
+            "layers_output",
+        )
+    },
 }
 _RESIDUAL_WIDTH = (
     "token_embeddings",

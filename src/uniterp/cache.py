@@ -26,6 +26,7 @@ import torch
 from ._aliases import GLOBAL_VALUES, SiteRef, normalize, resolve_name
 from ._decompose import CacheDecomposition
 from ._errors import InputError, UniterpError
+from ._layout import FORWARD_ORDER
 from ._logit_attrs import LogitAttribution
 from ._nnsight_compat import native_module
 from ._tooling import as_prompt_list, encode_prompts, use_remote
@@ -36,30 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_SITES", "FORWARD_ORDER", "ActivationCache", "default_names", "run_with_cache"]
 
-#: Per-layer values in the order a block computes them; reads inside one trace follow it.
-FORWARD_ORDER: tuple[str, ...] = (
-    "layers_input",
-    "attentions_input",
-    "queries_pre_rotary",
-    "keys_pre_rotary",
-    "queries",
-    "keys",
-    "values",
-    "attention_scores",
-    "attention_probabilities",
-    "head_outputs",
-    "attentions_output",
-    "attentions_output_normed",
-    "residual_mid",
-    "mlps_input",
-    "router_logits",
-    "expert_indices",
-    "expert_weights",
-    "mlp_neurons",
-    "mlps_output",
-    "mlps_output_normed",
-    "layers_output",
-)
 #: What ``names=None`` caches on every layer where it exists: the residual-stream values
 #: (plus ``token_embeddings``), everything a residual decomposition needs.
 DEFAULT_SITES: tuple[str, ...] = (
