@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from uniterp.testing import tiny_model_path
 
-from reference import NATIVE, encode
+from reference import DOWN, NATIVE, O_PROJ, encode
 
 # family -> embedding module (its output is token_embeddings)
 EMBED = {t: "model.embed_tokens" for t in NATIVE}
@@ -30,37 +30,6 @@ EMBED.update(
         "opt": "model.decoder.embed_tokens",
         "bloom": "transformer.word_embeddings",
         "falcon": "transformer.word_embeddings",
-    }
-)
-# relative to the layer: the attention's output projection (its input is head_outputs)
-O_PROJ = {t: "self_attn.o_proj" for t in NATIVE if NATIVE[t][1] == "self_attn"}
-O_PROJ.update(
-    {
-        "gpt2": "attn.c_proj",
-        "gpt_bigcode": "attn.c_proj",
-        "gptj": "attn.out_proj",
-        "codegen": "attn.out_proj",
-        "gpt_neox": "attention.dense",
-        "bloom": "self_attention.dense",
-        "falcon": "self_attention.dense",
-        "opt": "self_attn.out_proj",
-        "phi": "self_attn.dense",
-    }
-)
-# relative to the layer: the MLP's down projection (its input is mlp_neurons)
-DOWN = {t: "mlp.down_proj" for t in NATIVE}
-DOWN.update(
-    {
-        "gpt2": "mlp.c_proj",
-        "gpt_bigcode": "mlp.c_proj",
-        "starcoder2": "mlp.c_proj",
-        "gptj": "mlp.fc_out",
-        "codegen": "mlp.fc_out",
-        "gpt_neox": "mlp.dense_4h_to_h",
-        "bloom": "mlp.dense_4h_to_h",
-        "falcon": "mlp.dense_4h_to_h",
-        "opt": "fc2",
-        "phi": "mlp.fc2",
     }
 )
 

@@ -41,6 +41,39 @@ for _t in (
     NATIVE[_t] = ("model.layers", "self_attn", "self_attn", "mlp", "mlp")
 
 
+# Also read off the HF modeling files, relative to a layer: the attention's output projection
+# (its input is head_outputs) and the MLP's down projection (its input is mlp_neurons).
+O_PROJ = {t: "self_attn.o_proj" for t in NATIVE if NATIVE[t][1] == "self_attn"}
+O_PROJ.update(
+    {
+        "gpt2": "attn.c_proj",
+        "gpt_bigcode": "attn.c_proj",
+        "gptj": "attn.out_proj",
+        "codegen": "attn.out_proj",
+        "gpt_neox": "attention.dense",
+        "bloom": "self_attention.dense",
+        "falcon": "self_attention.dense",
+        "opt": "self_attn.out_proj",
+        "phi": "self_attn.dense",
+    }
+)
+DOWN = {t: "mlp.down_proj" for t in NATIVE if t not in ("mixtral", "qwen2_moe", "qwen3_moe")}
+DOWN.update(
+    {
+        "gpt2": "mlp.c_proj",
+        "gpt_bigcode": "mlp.c_proj",
+        "starcoder2": "mlp.c_proj",
+        "gptj": "mlp.fc_out",
+        "codegen": "mlp.fc_out",
+        "gpt_neox": "mlp.dense_4h_to_h",
+        "bloom": "mlp.dense_4h_to_h",
+        "falcon": "mlp.dense_4h_to_h",
+        "opt": "fc2",
+        "phi": "mlp.fc2",
+    }
+)
+
+
 def first_tensor(x: Any) -> torch.Tensor:
     """The hidden states in a module output: the tensor, or element 0 of a tuple."""
     return x[0] if isinstance(x, (tuple, list)) else x

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import torch
 
-from test_internals import O_PROJ
 from uniterp import InputError, LayerIndexError, ShapeError, StandardizedTransformer, UnavailableError
 from uniterp.cache import run_with_cache
 from uniterp.testing import TINY_FAMILIES, tiny_model_path
 
 from conftest import PROMPTS, load_tiny, model_and_reference
-from reference import NATIVE, encode, first_tensor, hidden_arg, hooks
+from reference import NATIVE, O_PROJ, encode, first_tensor, hidden_arg, hooks
 
 TWO = PROMPTS[:2]
 SANDWICH = {"gemma2", "gemma3_text", "olmo2"}

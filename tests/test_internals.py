@@ -19,44 +19,11 @@ from uniterp import ShapeError, StandardizedTransformer, UnavailableError
 from uniterp.testing import TINY_FAMILIES, tiny_model_path
 
 from conftest import PROMPTS, load_tiny
-from reference import NATIVE, encode, hooks
+from reference import DOWN, NATIVE, O_PROJ, encode, hooks
 
 TWO = PROMPTS[:2]
 
-# Read off the HF modeling files, apart from uniterp's tables: the attention's output
-# projection and the MLP's down projection (relative to the layer).
-O_PROJ = {t: "self_attn.o_proj" for t in NATIVE if NATIVE[t][1] == "self_attn"}
-O_PROJ.update(
-    {
-        "gpt2": "attn.c_proj",
-        "gpt_bigcode": "attn.c_proj",
-        "gptj": "attn.out_proj",
-        "codegen": "attn.out_proj",
-        "gpt_neox": "attention.dense",
-        "bloom": "self_attention.dense",
-        "falcon": "self_attention.dense",
-        "opt": "self_attn.out_proj",
-        "phi": "self_attn.dense",
-    }
-)
-DOWN = {t: "mlp.down_proj" for t in NATIVE}
-DOWN.update(
-    {
-        "gpt2": "mlp.c_proj",
-        "gpt_bigcode": "mlp.c_proj",
-        "starcoder2": "mlp.c_proj",
-        "gptj": "mlp.fc_out",
-        "codegen": "mlp.fc_out",
-        "gpt_neox": "mlp.dense_4h_to_h",
-        "bloom": "mlp.dense_4h_to_h",
-        "falcon": "mlp.dense_4h_to_h",
-        "opt": "fc2",
-        "phi": "mlp.fc2",
-    }
-)
-MOE = {"mixtral", "qwen2_moe", "qwen3_moe"}
-for _t in MOE:
-    del DOWN[_t]
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe"}  # no single down projection (DOWN leaves them out)
 # Families whose attention computes inline (no kernel call) or in one of several branches.
 NO_KERNEL = {"bloom": "calls no attention kernel", "falcon": "calls the kernel in 2 places"}
 # Families whose rotary is applied in several calls, or that have none.
