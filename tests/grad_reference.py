@@ -50,13 +50,15 @@ def native_place(family: str, site: str, layer: int | None) -> tuple[str, str]:
     if site == "token_embeddings":
         return EMBED[family], "output"
     base = f"{stack}.{layer}"
+    if site == "head_outputs":
+        return f"{base}.{O_PROJ[family]}", "input"
+    if site == "mlp_neurons":
+        return f"{base}.{DOWN[family]}", "input"
     return {
         "layers_output": (base, "output"),
         "layers_input": (base, "input"),
         "attentions_output": (f"{base}.{attn_out}", "output"),
         "mlps_output": (f"{base}.{mlp_out}", "output"),
-        "head_outputs": (f"{base}.{O_PROJ[family]}", "input"),
-        "mlp_neurons": (f"{base}.{DOWN[family]}", "input"),
     }[site]
 
 
