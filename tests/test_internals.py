@@ -325,3 +325,27 @@ def test_scores_need_eager_attention() -> None:
     with pytest.raises(UnavailableError, match="enable_attention_probs=True"):
         with model.trace(TWO):
             model.attention_scores[0].save()
+
+
+def test_layers_without_rotary_embeddings_are_refused_at_load() -> None:
+    # SmolLM3 skips the rotary embedding on some layers (no positional encoding there)
+    model = StandardizedTransformer(tiny_model_path("smollm3"))
+    report = model.support()["queries_pre_rotary"]
+    assert report.layers and report.unavailable
+    assert all("does not run on this layer" in why for why in report.unavailable.values())
+    assert set(model.support()["queries"].layers) == set(range(model.num_layers))
+    with torch.no_grad(), model.trace(TWO):
+        for layer in report.layers:
+            model.queries_pre_rotary[layer].save()
+
+
+def test_latent_attention_keys_keep_their_own_width() -> None:
+    # multi-head latent attention: queries and keys are wider than the values
+    model = StandardizedTransformer(tiny_model_path("deepseek_v3"))
+    layer = model.support()["queries"].layers[0]
+    with torch.no_grad(), model.trace(TWO):
+        q = model.queries[layer].save()
+        k = model.keys[layer].save()
+        v = model.values[layer].save()
+    assert q.shape[1] == model.num_heads and q.shape[-1] == k.shape[-1] != v.shape[-1]
+    assert model.support()["queries_pre_rotary"].unavailable[layer]  # refused with its reason

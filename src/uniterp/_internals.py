@@ -187,14 +187,18 @@ def kernel_locators(
     locators: dict[str, Locator] = {}
     reasons: dict[str, str] = {}
     path = join(block, attention)
-    heads, kv, dim = sizes.num_heads, sizes.num_kv_heads, sizes.head_dim
+    heads, dim = sizes.num_heads, sizes.head_dim
     for site, entry in found.items():
         if isinstance(entry, str):
             reasons[site] = entry
             continue
         label, key = entry
-        n = heads if site.startswith("queries") else kv
-        locators[site] = Locator(path, "input", key, op=(label,), expect=(None, n, None, dim))
+        # queries have the model's head count; keys and values may have fewer (grouped) and, in the
+        # kernel, any head width (latent attention's keys are wider than its values); before the
+        # rotary embedding every head must be whole (a partial rotary embedding is refused)
+        n = heads if site.startswith("queries") else None
+        width = dim if site.endswith("_pre_rotary") else None
+        locators[site] = Locator(path, "input", key, op=(label,), expect=(None, n, None, width))
     return locators, reasons
 
 
@@ -346,8 +350,7 @@ def with_kernel_sites(model: Any, layout: Any, stack: str, sizes: Sizes) -> Any:
 
 def _verify_shapes(model: Any, found: list[dict[str, Any]], missing: list[dict[str, str]]) -> None:
     """Check every operation-found value's shape in one fake-tensor forward; move misfits to ``missing``."""
-    from ._nnsight_compat import envoy_at, is_instrumented, quiet_fake_tensor_logs, source_op, uninstrument
-    from ._rules import PROBE_PROMPTS
+    from ._nnsight_compat import envoy_at, is_instrumented, uninstrument
 
     ops: list[tuple[int, tuple[str, ...], str]] = []
     for layer, locators in enumerate(found):
@@ -358,14 +361,11 @@ def _verify_shapes(model: Any, found: list[dict[str, Any]], missing: list[dict[s
     envoys = {path: envoy_at(model, path) for _, _, path in ops}
     was = {path: is_instrumented(envoy) for path, envoy in envoys.items()}
     shapes: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
-    order = _forward_order(ops, found)
     try:
-        with quiet_fake_tensor_logs(), model.scan(list(PROBE_PROMPTS)):
-            for layer, op, path in order:
-                args, _ = source_op(envoys[path], op).inputs
-                shapes[layer, op] = [tuple(a.shape) if hasattr(a, "shape") else None for a in args]
-    except Exception:  # noqa: BLE001 - no scan here: the shape is checked when a value is read
-        return
+        completed = _read_shapes(model, ops, envoys, shapes, fake=True)
+        if not completed and model.dispatched:  # fake tensors cannot run it: the weights are loaded anyway
+            shapes.clear()
+            completed = _read_shapes(model, ops, envoys, shapes, fake=False)
     finally:
         for path, envoy in envoys.items():
             if not was[path]:
@@ -373,7 +373,15 @@ def _verify_shapes(model: Any, found: list[dict[str, Any]], missing: list[dict[s
     for layer, locators in enumerate(found):
         for site in list(locators):
             loc = locators[site]
-            args = shapes.get((layer, loc.op), [])
+            if (layer, loc.op) not in shapes:
+                if completed:  # the forward ran to its end without this operation on this layer
+                    missing[layer][site] = (
+                        f"{loc.path}.source.{'.'.join(loc.op)} does not run on this layer (the forward takes "
+                        "another branch here, e.g. a layer without rotary embeddings)"
+                    )
+                    del locators[site]
+                continue  # else the probe forward did not finish: the shape is checked when read
+            args = shapes[layer, loc.op]
             shape = args[loc.key] if isinstance(loc.key, int) and loc.key < len(args) else None
             expect = loc.expect or ()
             if (
@@ -392,13 +400,37 @@ def _verify_shapes(model: Any, found: list[dict[str, Any]], missing: list[dict[s
                 del locators[site]
 
 
-def _forward_order(ops: list[tuple[int, tuple[str, ...], str]], found: list[dict[str, Any]]) -> list[Any]:
-    """Operations by layer, and within a layer the rotary call before the kernel call."""
-    rank = {"queries_pre_rotary": 0, "keys_pre_rotary": 0, "queries": 1, "keys": 1, "values": 1}
+def _read_shapes(
+    model: Any,
+    ops: list[tuple[int, tuple[str, ...], str]],
+    envoys: dict[str, Any],
+    shapes: dict[tuple[int, tuple[str, ...]], list[Any]],
+    fake: bool,
+) -> bool:
+    """Fill ``shapes`` with each operation's argument shapes; whether the forward ran to its end.
 
-    def key(item: tuple[int, tuple[str, ...], str]) -> tuple[int, int]:
-        layer, op, _ = item
-        sites = [s for s, loc in found[layer].items() if loc.op == op]
-        return layer, min(rank.get(s, 2) for s in sites)
+    One invoke per operation: an operation that does not run on some layer (a layer
+    without rotary embeddings) leaves only its own request unanswered, which nnsight
+    reports after the forward as ``OutOfOrderError``; any other error means the
+    forward itself did not finish.
+    """
+    import torch
+    from nnsight.modeling.transformers import TransformersModel
 
-    return sorted(ops, key=key)
+    from ._nnsight_compat import OutOfOrderError, quiet_fake_tensor_logs, source_op
+    from ._rules import PROBE_PROMPTS
+
+    # the plain nnsight trace: the model is being bound, so uniterp's own trace() would bind it again
+    tracing = model.scan() if fake else TransformersModel.trace(model)
+    try:
+        with quiet_fake_tensor_logs(), torch.no_grad():
+            with tracing as tracer:
+                for layer, op, path in ops:
+                    with tracer.invoke(list(PROBE_PROMPTS)):
+                        args, _ = source_op(envoys[path], op).inputs
+                        shapes[layer, op] = [tuple(a.shape) if hasattr(a, "shape") else None for a in args]
+    except OutOfOrderError:
+        return True
+    except Exception:  # noqa: BLE001 - the forward failed (no fake-tensor kernel, ...)
+        return False
+    return True
