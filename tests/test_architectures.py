@@ -178,3 +178,28 @@ def test_seq_first_model_shows_batch_first_values_and_writes_reach_the_model() -
     assert out["embeddings"].shape == (batch, seq, model.hidden_size)
     assert torch.equal(out["layer1"], seen["layer1"].transpose(0, 1))
     torch.testing.assert_close(out["zeroed"], zeroed)
+
+
+@pytest.mark.parametrize("model_type", EXACT)
+def test_values_inside_the_blocks_where_claimed(model_type: str) -> None:
+    """Every internal value support() claims reads with its documented rank; check(internals=True) passes."""
+    from uniterp._internals import INTERNAL_SITES
+
+    model = StandardizedTransformer(tiny_model_path(model_type))
+    report = model.support()
+    rank = {"mlp_neurons": 3, "head_outputs": 4, "router_logits": 3, "expert_indices": 3, "expert_weights": 3}
+    reads: list[tuple[str, int]] = []
+    for site in INTERNAL_SITES:
+        claimed = report[site].layers
+        reads += [(site, layer) for layer in {claimed[0], claimed[-1]}] if claimed else []
+        assert all(report[site].unavailable[i] for i in report[site].unavailable), (
+            f"{site}: a refusal without reason"
+        )
+    for site, layer in reads:  # one trace per value: each read is independent of the others
+        with torch.no_grad(), model.trace(["The Eiffel Tower is in the city of", "hello world"]):
+            value = getattr(model, site)[layer].save()
+        assert value.dim() == rank.get(site, 4) and value.shape[0] == 2, (
+            f"{site}[{layer}]: {tuple(value.shape)}"
+        )
+    result = model.check(internals=True)
+    assert result.passed, str(result)
