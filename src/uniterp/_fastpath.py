@@ -45,7 +45,7 @@ from ._paths import module_at
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
 
-__all__ = ["Read", "fast_path_available", "forward_inputs", "read_values", "text_encoding"]
+__all__ = ["ENABLED", "Read", "fast_path_available", "forward_inputs", "read_values", "text_encoding"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ class Read:
     pick: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
+#: Set to ``False`` to send every read through nnsight (to compare the two paths, or to debug).
+ENABLED = True
+
+
 class _Stop(Exception):
     """Every value was read: the rest of the forward is not needed."""
 
@@ -74,7 +78,7 @@ def fast_path_available(model: StandardizedTransformer, locators: list[Locator],
         >>> fast_path_available(model, [model.binding.locator("layers_output", 0)])
         True
     """
-    if remote or in_trace() or stored_edits(model):
+    if not ENABLED or remote or in_trace() or stored_edits(model):
         return False
     return all(loc is not None and not loc.op and loc.expect is None for loc in locators)
 
