@@ -208,8 +208,34 @@ def test_bad_arguments_raise_uniterp_errors(tmp_path) -> None:  # noqa: ANN001
         collect_activations(hybrid, TEXTS, tmp_path / "z", sites="attentions_output.0", progress=False)
     with pytest.raises(InputError, match="no manifest"):
         load_activations(tmp_path / "nothing")
+    from uniterp.activations import collect_token_activations_batched
+
+    collect_token_activations_batched(model, TEXTS[:2], 1, out_dir=tmp_path / "other", tqdm=False)
+    for resume in (True, False):  # another tool's folder is never overwritten
+        with pytest.raises(InputError, match="not a collect_activations store"):
+            collect_activations(model, TEXTS, tmp_path / "other", resume=resume, progress=False)
+    assert (tmp_path / "other" / "batch_000001.safetensors").exists()
     store = collect_activations(model, TEXTS[:2], tmp_path / "ok", progress=False)
     with pytest.raises(InputError, match="not stored"):
         store.get("mlps_output.0")
     with pytest.raises(InputError, match="outside"):
         store.get("layers_output.0", 0, len(store) + 1)
+
+
+def test_the_progress_bar_counts_tokens(tmp_path) -> None:  # noqa: ANN001
+    seen: dict[str, object] = {"updates": 0}
+
+    class Bar:
+        def __init__(self, **kwargs) -> None:  # noqa: ANN003
+            seen.update(kwargs)
+
+        def update(self, count: int) -> None:
+            seen["updates"] = int(seen["updates"]) + count
+
+        def close(self) -> None:
+            seen["closed"] = True
+
+    model = load_tiny("gpt2")
+    store = collect_activations(model, TEXTS, tmp_path, batch_size=2, progress=Bar)
+    assert seen["unit"] == "tok" and seen["unit_scale"] is True and seen["closed"] is True
+    assert seen["updates"] == len(store)

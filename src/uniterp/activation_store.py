@@ -276,11 +276,18 @@ class _Progress:
         self.site_shapes: dict[str, list[int]] = {}
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / MANIFEST
-        if path.exists() and resume:
+        old: dict[str, Any] = {}
+        if path.exists():
             try:
                 old = json.loads(path.read_text())
             except (OSError, ValueError) as error:
                 raise InputError(f"{path} is not a readable manifest ({error})") from error
+            if old.get("format") != FORMAT:
+                raise InputError(
+                    f"{folder} holds {old.get('format')!r} files, not a collect_activations store; "
+                    "use another out_dir"
+                )
+        if old and resume:
             mine = {k: v for k, v in settings.items() if k != "sites"}
             differ = {k: (old.get(k), v) for k, v in mine.items() if old.get(k) != v}
             old_sites = [{"key": s.get("key"), "name": s.get("name")} for s in old.get("sites", [])]
