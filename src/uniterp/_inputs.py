@@ -96,10 +96,15 @@ def check_token_ids(inputs: tuple[Any, ...], vocab: int, model_type: str) -> Non
             return
         low, high = int(ids.min()), int(ids.max())
     else:
-        flat = [int(i) for i in _flatten(ids)]
-        if not flat:
+        rows = ids if ids and isinstance(ids[0], (list, tuple)) else [ids]
+        rows = [row for row in rows if len(row)]
+        if not rows:
             return
-        low, high = min(flat), max(flat)
+        if all(not isinstance(i, (list, tuple)) for row in rows for i in row[:1]):
+            low, high = int(min(min(row) for row in rows)), int(max(max(row) for row in rows))
+        else:  # deeper nesting
+            flat = [int(i) for i in _flatten(ids)]
+            low, high = min(flat), max(flat)
     bad = low if low < 0 else high
     if low < 0 or high >= vocab:
         raise InputError(
