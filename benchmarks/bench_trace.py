@@ -134,7 +134,8 @@ def build(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     from uniterp.tiny import resolve_model_name
 
     if name == "uniterp-tiny":
-        model = StandardizedTransformer(resolve_model_name(name), dtype=dtype, device_map=str(device))
+        placement = {"device_map": str(device)} if device.type == "cuda" else {}
+        model = StandardizedTransformer(resolve_model_name(name), dtype=dtype, **placement)
     else:
         model_type, overrides = SHAPES[name]
         torch.manual_seed(0)
