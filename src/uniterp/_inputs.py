@@ -129,8 +129,8 @@ def text_as_encoding(model: Any, inputs: tuple[Any, ...], kwargs: dict[str, Any]
 
     Example::
 
-        >>> text_as_encoding(model, ("Hello",), {})[0]["input_ids"].shape     # (batch, seq)
-        torch.Size([1, 2])
+        >>> (encoding,) = text_as_encoding(model, (["Hello", "The cat sat"],), {})
+        >>> encoding["input_ids"].shape, encoding["attention_mask"].shape     # (batch, seq), left-padded
 
     nnsight tokenizes text through the pipeline, which costs several times the
     tokenizer call itself; the model receives exactly the same tensors either way
