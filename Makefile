@@ -31,9 +31,10 @@ train: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# Every benchmark (--quick; about 6 minutes on 2 cores): each figure beside its goal, and the
+# results table of docs/performance.md rewritten. BENCH_ARGS=--full for the long runs.
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_trace.py --threads 1
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_tools.py
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 # Every causal-LM model_type transformers ships: writes docs/support-matrix.md (about 30 minutes).
 coverage: $(STAMP)

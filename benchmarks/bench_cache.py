@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Figure, add_common_arguments, apply_threads, report
 from uniterp import StandardizedTransformer
 from uniterp.cache import default_names, run_with_cache
 from uniterp.testing import tiny_model_path
@@ -71,8 +76,8 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 def bench_shape(
     name: str, model_type: str, overrides: dict[str, Any], batch: int, repeats: int, with_goals: bool
-) -> list[str]:
-    """Time one model shape; returns printable rows."""
+) -> list[Figure]:
+    """Time one model shape; returns its figures."""
     model = StandardizedTransformer(tiny_model_path(model_type, dtype=torch.float32, **overrides))
     model.dispatch()
     hf, tok = model._module, model.tokenizer
@@ -136,34 +141,27 @@ def bench_shape(
             results[key].append(_median_time(fn, 3))
     base = statistics.median(results["plain"])
     seq = tok(prompts, return_tensors="pt", padding=True)["input_ids"].shape[1]
-    rows = [f"{name}: batch {batch} x {seq} tokens, plain forward {base * 1e3:.1f} ms"]
+    note = f"{name}, batch {batch} x {seq} tokens, CPU"
+    figures = [Figure(f"plain HF forward, {name.split(' (')[0]}", base * 1e3, "ms", note=note)]
     for key in list(candidates)[1:]:
         ratio = statistics.median(results[key]) / base
-        goal = GOALS.get(key)
-        if goal is None:
-            verdict = ""
-        elif with_goals:
-            verdict = f"  goal <= {goal:.2f}x: {'met' if ratio <= goal else 'MISSED'}"
-        else:
-            verdict = f"  (the {goal:.2f}x goal is set at the GPT-2-small shape)"
-        rows.append(f"  {key:<24} {ratio:6.3f}x{verdict}")
-    return rows
+        goal = f"<= {GOALS[key]}" if key in GOALS and with_goals else ""
+        figures.append(Figure(f"{key} / plain forward", ratio, "x", goal, note))
+    return figures
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_common_arguments(parser)
     parser.add_argument("--batch", type=int, default=8)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    apply_threads(args.threads)
     repeats = 3 if args.quick else 7
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ratios to a plain HF forward")
+    figures: list[Figure] = []
     for index, (name, (model_type, overrides)) in enumerate(SHAPES.items()):
-        for row in bench_shape(name, model_type, overrides, args.batch, repeats, with_goals=index == 0):
-            print(row, flush=True)
+        figures += bench_shape(name, model_type, overrides, args.batch, repeats, with_goals=index == 0)
+    return report(figures, args.json, "bench_cache: run_with_cache and per-head attribution")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

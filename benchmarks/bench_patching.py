@@ -127,17 +127,25 @@ def run(repeats: int) -> list[tuple[str, float, str, bool]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print each figure with its goal; exit status 1 if a goal is missed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _harness import Figure, add_common_arguments, apply_threads, report
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=9)
+    add_common_arguments(parser)
+    parser.add_argument("--repeats", type=int, default=None, help="default 9, quick 3")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    missed = False
-    for name, value, goal, ok in run(args.repeats):
-        note = f"  (goal {goal}: {'ok' if ok else 'MISSED'})" if goal else ""
-        missed = missed or not ok
-        print(f"{name:<56} {value:8.3f}{note}")  # noqa: T201 - a benchmark script prints
-    return 1 if missed else 0
+    apply_threads(args.threads)
+    note = "gpt2-small shape, one clean/corrupted pair, CPU"
+    figures = []
+    for name, value, goal, _ok in run(args.repeats or (3 if args.quick else 9)):
+        if name.endswith("(s)"):
+            figures.append(Figure(name[:-4], value * 1e3, "ms", note=note))
+        else:
+            figures.append(Figure(name, value, "x", goal, note))
+    return report(figures, args.json, "bench_patching: activation and attribution patching")
 
 
 if __name__ == "__main__":

@@ -180,3 +180,108 @@ def test_reading_the_labels_does_not_instrument_the_forward() -> None:
     assert [compat.op_base(c) for c in calls].count("attention_interface") == 1
     assert tuple(compiled.names) == compat.source_names(envoy)  # the same labels nnsight serves
     assert compat.is_instrumented(envoy)  # .source instruments, permanently
+
+
+def _cache_of(model: StandardizedTransformer, prompts: list[str]):  # noqa: ANN202
+    from transformers import DynamicCache
+
+    model.dispatch()
+    cache = DynamicCache(config=model.text_config)
+    encoding = model.tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = compat.native_module(model)(**encoding, cache=cache, use_cache=True)
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+def test_one_cache_row_is_broadcast_and_skipped_layers_are_left_alone() -> None:
+    model = load_tiny("llama")
+    cache = _cache_of(model, PROMPTS[:1])
+    keys = [layer.keys.clone() for layer in cache.layers]
+    compat.select_cache_rows(cache, torch.zeros(3, dtype=torch.long), from_layer=1)
+    assert cache.layers[0].keys.shape[0] == 1  # before from_layer: untouched
+    for layer, before in zip(cache.layers[1:], keys[1:]):
+        assert layer.keys.shape[0] == 3
+        assert torch.equal(layer.keys, before.expand(3, -1, -1, -1))
+
+
+def test_last_cache_tokens_are_dropped_from_plain_layers_only() -> None:
+    model = load_tiny("llama")
+    full = _cache_of(model, ["one two three four five"])
+    prefix = _cache_of(model, ["one two three four"])
+    width = prefix.layers[0].keys.shape[-2]
+    assert compat.drop_last_cache_tokens(full, full.layers[0].keys.shape[-2] - width)
+    for a, b in zip(full.layers, prefix.layers):
+        torch.testing.assert_close(a.keys, b.keys)
+        torch.testing.assert_close(a.values, b.values)
+    sliding = _cache_of(load_tiny("gemma2"), PROMPTS[:1])  # sliding-window layers roll their state
+    assert any(type(layer).__name__ != "DynamicLayer" for layer in sliding.layers)
+    width = sliding.layers[0].keys.shape[-2]
+    assert not compat.drop_last_cache_tokens(sliding, 1)
+    assert sliding.layers[0].keys.shape[-2] == width
+
+
+def test_stored_edits_are_counted() -> None:
+    model = StandardizedTransformer(tiny_model_path("gpt2"))
+    assert compat.stored_edits(model) == 0
+    with model.edit(inplace=True):
+        model.layers_output[0] = model.layers_output[0] * 2
+    assert compat.stored_edits(model) == 1
+    model.clear_edits()
+    assert compat.stored_edits(model) == 0
+
+
+def test_position_ids_are_supplied_for_left_padding_only() -> None:
+    model = load_tiny("gpt2")
+    model.tokenizer.padding_side = "left"
+    padded = dict(model.tokenizer(PROMPTS, return_tensors="pt", padding=True))
+    compat.supply_position_ids(model, padded)
+    mask = padded["attention_mask"]
+    assert torch.equal(padded["position_ids"], (mask.cumsum(-1) - 1).clamp(min=0))
+    alone = dict(model.tokenizer(PROMPTS[:1], return_tensors="pt"))
+    compat.supply_position_ids(model, alone)
+    assert "position_ids" not in alone
+
+
+def _received(model: StandardizedTransformer, run) -> dict:  # noqa: ANN001
+    seen: list[dict] = []
+    handle = compat.native_module(model).register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(dict(kwargs)), with_kwargs=True
+    )
+    try:
+        run()
+    finally:
+        handle.remove()
+    (kwargs,) = seen
+    return kwargs
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "xlnet", "bloom", "opt"])
+def test_text_encoding_equals_what_nnsights_pipeline_builds(family: str) -> None:
+    from nnsight.modeling.transformers import TransformersModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_tiny(family)
+    model.dispatch()
+    inputs = ["The Eiffel Tower", ["The Eiffel Tower is in the city of", "hi"], ["a b c", "a b c"]]
+    for prompts in inputs:
+        as_list = [prompts] if isinstance(prompts, str) else prompts
+        encoding = compat.pipeline_text_encoding(model, as_list)
+        assert encoding is not None
+        for kwargs in ({}, {"use_cache": False}, {"logits_to_keep": 1}):
+
+            def nnsight_route(prompts=prompts, kwargs=kwargs) -> None:  # noqa: ANN001
+                with torch.no_grad(), TransformersModel.trace(model, prompts, **kwargs):
+                    compat.native_module  # noqa: B018 - a body for the block
+
+            def direct_route(encoding=encoding, kwargs=kwargs) -> None:  # noqa: ANN001
+                with torch.no_grad(), TransformersModel.trace(model, encoding, **kwargs):
+                    compat.native_module  # noqa: B018 - a body for the block
+
+            a, b = _received(model, nnsight_route), _received(model, direct_route)
+            assert set(a) == set(b), (prompts, kwargs)
+            for key, value in a.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, b[key]), (prompts, kwargs, key)
+                else:
+                    assert value == b[key], (prompts, kwargs, key)

@@ -362,3 +362,41 @@ def test_bad_input_raises_uniterp_errors() -> None:
         patch_object_attn_lens(model, "a", "x y", 30)
     with pytest.raises(InputError, match="site must be"):
         patch_object_attn_lens(model, "a", "x y", 0, site="mlps_output")  # type: ignore[arg-type]
+
+
+# -- the rows skip the layers before their patch ------------------------------------------
+
+
+@pytest.mark.parametrize("family_name", ["gpt2", "llama", "gemma2", "falcon"])
+def test_rows_skip_the_layers_before_their_patch(family_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uniterp._patching as engine
+
+    model = load_tiny(family_name)
+    ran: list[int] = []
+    real = engine._run_skipping
+    monkeypatch.setattr(engine, "_run_skipping", lambda *a, **k: ran.append(1) or real(*a, **k))
+    skipped = patchscope_lens(model, SOURCES)
+    targets = ["The Eiffel Tower is in the city of", "the cat sat on the mat with a"]
+    attn = patch_object_attn_lens(model, SOURCES, targets, -2, 2)
+    assert len(ran) == 2  # both took the skipping path (no fallback)
+    torch.testing.assert_close(skipped, patchscope_lens(model, SOURCES, prefix_cache=False), **TOL)
+    full = patch_object_attn_lens(model, SOURCES, targets, -2, 2, prefix_cache=False)
+    torch.testing.assert_close(attn, full, **TOL)
+
+
+def test_a_skip_that_changes_the_logits_falls_back_to_every_layer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uniterp._patching as engine
+    from uniterp._skipping import SkipMismatch
+
+    model = load_tiny("llama")
+
+    def mismatch(*_: object) -> None:
+        raise SkipMismatch("max |diff| 1")
+
+    monkeypatch.setattr(engine, "compare_logits", mismatch)
+    with caplog.at_level("INFO", logger="uniterp"):
+        probs = patchscope_lens(model, SOURCES)
+    assert any("running every layer" in record.getMessage() for record in caplog.records)
+    torch.testing.assert_close(probs, patchscope_lens(model, SOURCES, prefix_cache=False), **TOL)

@@ -274,6 +274,23 @@ def test_trace_refuses_token_ids_outside_the_vocabulary() -> None:
     assert ok.shape == (1, 3, model.vocab_size)
 
 
+@pytest.mark.parametrize(
+    ("ids", "bad"),
+    [
+        ([[1, 2], [3, 10**6]], 10**6),
+        ([[-1, 2]], -1),
+        ([5, 10**6], 10**6),
+        ({"input_ids": [[[1, 10**6]]]}, 10**6),
+    ],
+)
+def test_token_ids_are_checked_in_every_layout(ids: Any, bad: int) -> None:
+    from uniterp._inputs import check_token_ids
+
+    with pytest.raises(InputError, match=f"token id {bad} is outside the vocabulary"):
+        check_token_ids((ids,), 1000, "gpt2")
+    check_token_ids(([[1, 2], [], [999]],), 1000, "gpt2")  # ragged and empty rows are fine
+
+
 def test_a_prompt_longer_than_the_context_is_refused() -> None:
     model = StandardizedTransformer(tiny_model_path("gpt2", n_positions=16))
     assert model.binding.sizes.context_limit == 16

@@ -56,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "SupportReport": "._support",
     "ValueSupport": "._support",
     "LayerWeights": "._weight_views",
+    "ActivationStore": ".activation_store",
+    "collect_activations": ".activation_store",
+    "load_activations": ".activation_store",
     "collect_token_activations_batched": ".activations",
     "get_token_activations": ".activations",
     "load_token_activations": ".activations",
@@ -114,8 +117,8 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from ._aliases import NamedValues as NamedValues
-    from ._aliases import SiteRef as SiteRef
     from ._aliases import resolve_name as resolve_name
+    from ._aliases import SiteRef as SiteRef
     from ._binding import Binding as Binding
     from ._check import CheckItem as CheckItem
     from ._check import CheckResult as CheckResult
@@ -147,58 +150,61 @@ if TYPE_CHECKING:
     from ._support import SupportReport as SupportReport
     from ._support import ValueSupport as ValueSupport
     from ._weight_views import LayerWeights as LayerWeights
+    from .activation_store import ActivationStore as ActivationStore
+    from .activation_store import collect_activations as collect_activations
+    from .activation_store import load_activations as load_activations
     from .activations import collect_token_activations_batched as collect_token_activations_batched
     from .activations import get_token_activations as get_token_activations
     from .activations import load_token_activations as load_token_activations
-    from .attribution import AttributionResult as AttributionResult
     from .attribution import attribution_patching as attribution_patching
+    from .attribution import AttributionResult as AttributionResult
     from .cache import ActivationCache as ActivationCache
     from .cache import run_with_cache as run_with_cache
     from .display import plot_logit_lens as plot_logit_lens
     from .display import plot_topk_tokens as plot_topk_tokens
     from .display import prompts_to_df as prompts_to_df
-    from .edges import EdgeScores as EdgeScores
     from .edges import edge_attribution_patching as edge_attribution_patching
+    from .edges import EdgeScores as EdgeScores
     from .grads import GradientResult as GradientResult
-    from .grads import IntegratedGradients as IntegratedGradients
     from .grads import gradients as gradients
     from .grads import integrated_gradients as integrated_gradients
-    from .lens import TopTokens as TopTokens
+    from .grads import IntegratedGradients as IntegratedGradients
     from .lens import logit_lens as logit_lens
-    from .metrics import LastTokenMetric as LastTokenMetric
+    from .lens import TopTokens as TopTokens
     from .metrics import last_token_metric as last_token_metric
+    from .metrics import LastTokenMetric as LastTokenMetric
     from .metrics import logit_diff as logit_diff
-    from .patching import PatchResult as PatchResult
     from .patching import patch_attention_outputs as patch_attention_outputs
     from .patching import patch_heads as patch_heads
     from .patching import patch_heads_by_position as patch_heads_by_position
     from .patching import patch_mlp_outputs as patch_mlp_outputs
     from .patching import patch_residual as patch_residual
     from .patching import patch_sweep as patch_sweep
-    from .patchscope import TargetPrompt as TargetPrompt
-    from .patchscope import TargetPromptBatch as TargetPromptBatch
+    from .patching import PatchResult as PatchResult
     from .patchscope import it_repeat_prompt as it_repeat_prompt
     from .patchscope import patch_object_attn_lens as patch_object_attn_lens
     from .patchscope import patchscope_generate as patchscope_generate
     from .patchscope import patchscope_lens as patchscope_lens
     from .patchscope import repeat_prompt as repeat_prompt
+    from .patchscope import TargetPrompt as TargetPrompt
+    from .patchscope import TargetPromptBatch as TargetPromptBatch
     from .path_patching import path_patch as path_patch
-    from .prompts import Prompt as Prompt
     from .prompts import get_first_tokens as get_first_tokens
+    from .prompts import Prompt as Prompt
     from .prompts import results_to_dataframe as results_to_dataframe
     from .prompts import run_prompts as run_prompts
-    from .sae import SparseAutoencoder as SparseAutoencoder
-    from .sae import Transcoder as Transcoder
     from .sae import load_sae as load_sae
     from .sae import load_saes as load_saes
     from .sae import save_sae as save_sae
+    from .sae import SparseAutoencoder as SparseAutoencoder
+    from .sae import Transcoder as Transcoder
     from .sae_tools import AttachReport as AttachReport
-    from .sae_tools import LatentAttribution as LatentAttribution
-    from .sae_tools import TopLatents as TopLatents
     from .sae_tools import generate_with_latent_steering as generate_with_latent_steering
     from .sae_tools import latent_attribution as latent_attribution
+    from .sae_tools import LatentAttribution as LatentAttribution
     from .sae_tools import steer_latents as steer_latents
     from .sae_tools import top_latents as top_latents
+    from .sae_tools import TopLatents as TopLatents
     from .steering import generate_with_steering as generate_with_steering
     from .steering import steering_vector as steering_vector
 
@@ -218,6 +224,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ActivationCache",
+    "ActivationStore",
     "ArchitectureError",
     "ArchitectureSpec",
     "AttachReport",
@@ -230,6 +237,7 @@ __all__ = [
     "CheckFailedError",
     "CheckItem",
     "CheckResult",
+    "collect_activations",
     "collect_token_activations_batched",
     "ConfigSwitch",
     "edge_attribution_patching",
@@ -255,6 +263,7 @@ __all__ = [
     "LayerValues",
     "LayerWeights",
     "Layout",
+    "load_activations",
     "load_sae",
     "load_saes",
     "load_token_activations",

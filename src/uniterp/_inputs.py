@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from ._errors import InputError
+from ._nnsight_compat import pipeline_text_encoding
 
-__all__ = ["check_token_ids", "check_trace_inputs"]
+__all__ = ["check_token_ids", "check_trace_inputs", "text_as_encoding"]
 
 _ACCEPTED = (
     "a prompt string, a list of prompt strings, a list of token ids, a list of lists of token ids, "
@@ -95,10 +96,15 @@ def check_token_ids(inputs: tuple[Any, ...], vocab: int, model_type: str) -> Non
             return
         low, high = int(ids.min()), int(ids.max())
     else:
-        flat = [int(i) for i in _flatten(ids)]
-        if not flat:
+        rows = ids if ids and isinstance(ids[0], (list, tuple)) else [ids]
+        rows = [row for row in rows if len(row)]
+        if not rows:
             return
-        low, high = min(flat), max(flat)
+        if all(not isinstance(i, (list, tuple)) for row in rows for i in row[:1]):
+            low, high = int(min(min(row) for row in rows)), int(max(max(row) for row in rows))
+        else:  # deeper nesting
+            flat = [int(i) for i in _flatten(ids)]
+            low, high = min(flat), max(flat)
     bad = low if low < 0 else high
     if low < 0 or high >= vocab:
         raise InputError(
@@ -111,3 +117,38 @@ def _flatten(ids: Any) -> list[int]:
     for x in ids:
         out.extend(_flatten(x) if isinstance(x, (list, tuple)) else [x])
     return out
+
+
+#: Trace keywords that are forward arguments whichever way the prompts arrive (never
+#: preprocessing options of the text-generation pipeline).
+_FORWARD_KEYWORDS = frozenset({"use_cache", "logits_to_keep", "output_attentions", "output_hidden_states"})
+
+
+def text_as_encoding(model: Any, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Text prompts of a local trace as the encoding nnsight would build from them, built directly.
+
+    Example::
+
+        >>> (encoding,) = text_as_encoding(model, (["Hello", "The cat sat"],), {})
+        >>> encoding["input_ids"].shape, encoding["attention_mask"].shape     # (batch, seq), left-padded
+
+    nnsight tokenizes text through the pipeline, which costs several times the
+    tokenizer call itself; the model receives exactly the same tensors either way
+    (`pipeline_text_encoding`). Anything else (token ids, keywords that could be
+    preprocessing options, remote runs) is returned unchanged.
+    """
+    if (
+        len(inputs) != 1
+        or kwargs.get("remote")
+        or any(key not in _FORWARD_KEYWORDS for key in kwargs if key != "remote")
+    ):
+        return inputs
+    first = inputs[0]
+    if isinstance(first, str):
+        prompts = [first]
+    elif isinstance(first, list) and first and all(isinstance(p, str) and p for p in first):
+        prompts = first
+    else:
+        return inputs
+    encoding = pipeline_text_encoding(model, prompts)
+    return inputs if encoding is None else (encoding,)

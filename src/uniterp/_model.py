@@ -18,7 +18,7 @@ from ._binding import CHECKED_SOURCES, Binding, bind_stages
 from ._discovery import discover_spec
 from ._errors import ArchitectureError, UnavailableError
 from ._families import SpecSource, lookup_spec
-from ._inputs import check_token_ids, check_trace_inputs
+from ._inputs import check_token_ids, check_trace_inputs, text_as_encoding
 from ._internals import INTERNAL_SITES
 from ._layout import LAYER_SITES
 from ._loading import load_config, load_tokenizer, quiet_progress, resolve_source
@@ -258,7 +258,7 @@ class StandardizedTransformer(StandardValues, StandardMethods, WeightViews, SAEA
         check_trace_inputs(inputs)
         binding = self._prepare(kwargs.get("remote"))
         check_token_ids(inputs, binding.sizes.vocab_size, self._model_type)
-        return super().trace(*inputs, **kwargs)
+        return super().trace(*text_as_encoding(self, inputs, kwargs), **kwargs)
 
     def _prepare(self, remote: Any) -> Binding:
         if remote:

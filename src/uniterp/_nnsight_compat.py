@@ -21,6 +21,7 @@ __all__ = [
     "CHECKED_ON",
     "OutOfOrderError",
     "cache_selectable",
+    "drop_last_cache_tokens",
     "child_envoy",
     "current_mediator",
     "drop_standalone_envoy",
@@ -31,6 +32,7 @@ __all__ = [
     "invoke_rows",
     "native_module",
     "op_base",
+    "pipeline_text_encoding",
     "quiet_fake_tensor_logs",
     "refresh_envoys",
     "select_cache_rows",
@@ -40,6 +42,8 @@ __all__ = [
     "source_names",
     "source_op",
     "standalone_envoy",
+    "stored_edits",
+    "supply_position_ids",
     "tensor_version",
     "uninstrument",
 ]
@@ -308,9 +312,58 @@ def cache_selectable(cache: Any) -> bool:
     )
 
 
-def select_cache_rows(cache: Any, rows: torch.Tensor) -> None:
-    """Keep only batch ``rows`` of ``cache``, in place (a CPU index works on any device)."""
-    cache.batch_select_indices(rows)
+def select_cache_rows(cache: Any, rows: torch.Tensor, from_layer: int = 0) -> None:
+    """Keep only batch ``rows`` of ``cache``, in place (a CPU index works on any device).
+
+    Layers before ``from_layer`` are left as they are (a forward that skips those
+    layers never reads them). A plain ``DynamicLayer`` holding one row, selected
+    for every row, gets a broadcast view of it instead of a copy
+    (``DynamicLayer.keys`` / ``.values``; its ``update`` concatenates new tokens
+    into a fresh tensor, so the view is never written); other layers select with
+    their ``batch_select_indices``.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        cache.batch_select_indices(rows)
+        return
+    single = bool((rows == 0).all())
+    for index, layer in enumerate(layers):
+        if index < from_layer:
+            continue
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if (
+            single
+            and type(layer) is DynamicLayer
+            and isinstance(keys, torch.Tensor)
+            and isinstance(values, torch.Tensor)
+            and keys.dim() == 4
+            and keys.shape[0] == 1
+            and values.shape[0] == 1
+        ):
+            layer.keys = keys.expand(len(rows), *keys.shape[1:])
+            layer.values = values.expand(len(rows), *values.shape[1:])
+        else:
+            layer.batch_select_indices(rows)
+
+
+def drop_last_cache_tokens(cache: Any, count: int) -> bool:
+    """Remove the last ``count`` tokens from every layer of ``cache``, in place; ``False`` (untouched) unless
+    every layer is a plain ``DynamicLayer`` (whose ``crop(-count)`` slices its keys and values).
+
+    Sliding-window, linear-attention and state-space layers keep state that cannot
+    be rolled back this way; such caches are left alone.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return False
+    if count:
+        for layer in layers:
+            layer.crop(-count)
+    return True
 
 
 def expert_gating(experts: torch.nn.Module) -> str | None:
@@ -324,3 +377,71 @@ def expert_gating(experts: torch.nn.Module) -> str | None:
         return "no _apply_gate"
     name = getattr(gate_fn, "__qualname__", "")
     return None if name == "_default_apply_gate" else str(name or gate_fn)
+
+
+def pipeline_text_encoding(model: Any, prompts: list[str]) -> dict[str, torch.Tensor] | None:
+    """The encoding nnsight's ``trace`` builds from text prompts, built directly; ``None`` where unsure.
+
+    For text, nnsight 0.8.1 (``processing.preprocess_invoke``) splits the trace's
+    keywords with the pipeline's ``_sanitize_parameters`` and runs the
+    text-generation pipeline's ``preprocess`` on each prompt; with no
+    preprocessing keyword that is ``tokenizer(prompt, return_tensors="pt")`` (the
+    prefix a pipeline keeps for XLNet is not applied: nnsight passes only the
+    parameters it split off the trace's keywords). ``processing.collate`` then
+    pads the rows, each field of ``ROW_FIELDS`` with its value there (``None``:
+    the pad token), on the tokenizer's padding side. Splitting the keywords costs
+    several times the tokenizer call (about 0.15 ms a trace); this builds the
+    same tensors from one batched tokenizer call. Call it only for keywords that
+    are no preprocessing option (`uniterp._inputs.text_as_encoding` decides).
+    Returns ``None`` (nnsight's route is then taken) when the pipeline is not
+    the text-generation one, or a field has no known padding. Checked on nnsight
+    0.8.1 / transformers 5.24.0: ``tests/test_nnsight_compat.py`` compares the
+    tensors the model receives both ways.
+    """
+    from nnsight.modeling.processing import ROW_FIELDS, TARGET_FIELDS
+    from transformers import TextGenerationPipeline
+
+    pipe = getattr(model, "pipeline", None)
+    tokenizer = getattr(model, "tokenizer", None)
+    if pipe is None or tokenizer is None or type(pipe).preprocess is not TextGenerationPipeline.preprocess:
+        return None
+    fields = dict(tokenizer(list(prompts)))
+    if not fields or any(key not in ROW_FIELDS or key in TARGET_FIELDS for key in fields):
+        return None
+    lengths = [len(row) for row in fields.get("input_ids", ())]
+    if len(lengths) != len(prompts) or min(lengths, default=0) == 0:
+        return None
+    width = max(lengths)
+    left = getattr(tokenizer, "padding_side", None) == "left"
+    out: dict[str, torch.Tensor] = {}
+    for key, rows in fields.items():
+        fill = ROW_FIELDS[key]
+        if fill is None:
+            fill = getattr(tokenizer, "pad_token_id", None)
+        if any(len(row) != n for row, n in zip(rows, lengths)) or (fill is None and len(set(lengths)) > 1):
+            return None
+        pad = [[fill] * (width - len(row)) for row in rows]
+        padded = [p + list(row) if left else list(row) + p for p, row in zip(pad, rows)]
+        out[key] = torch.tensor(padded, dtype=torch.long)
+    return out
+
+
+def stored_edits(model: Any) -> int:
+    """How many interventions ``model.edit(inplace=True)`` stored on the model (``Envoy._edits``).
+
+    nnsight replays them in every trace of the model; a forward run outside
+    nnsight would miss them.
+    """
+    return len(getattr(model, "_edits", ()) or ())
+
+
+def supply_position_ids(model: Any, encoding: dict[str, Any]) -> None:
+    """Add the position ids nnsight gives a left-padded text batch, in place (``processing.supply_position_ids``).
+
+    nnsight 0.8.1 counts each left-padded row from its first token (and leaves an
+    unpadded batch, or one that already has ``position_ids``, alone); a forward
+    run outside nnsight must do the same to compute the same values.
+    """
+    from nnsight.modeling.processing import supply_position_ids as supply
+
+    supply(model, encoding)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._errors import InputError
+from ._fastpath import Read, fast_path_available, read_values
 from ._sites import normalize_layer
 
 if TYPE_CHECKING:
@@ -106,6 +107,10 @@ def encode_prompts(
     return pad_left(model, rows), [len(row) for row in rows]
 
 
+def _last(value: torch.Tensor) -> torch.Tensor:
+    return value[:, -1, :]
+
+
 def last_token_states(
     model: StandardizedTransformer, prompts: list[str], layers: list[int], site: str, remote: bool | str
 ) -> torch.Tensor:
@@ -116,6 +121,14 @@ def last_token_states(
     """
     encoding, _ = encode_prompts(model, prompts)
     order = sorted(set(layers))
+    binding = model.binding
+    locators = [binding.locator(site, layer) for layer in order]
+    if all(loc is not None for loc in locators) and fast_path_available(model, locators, remote):
+        found, _ = read_values(
+            model, encoding, {layer: Read(loc, _last) for layer, loc in zip(order, locators)}
+        )
+        first = found[order[0]].device
+        return torch.stack([found[layer].to(first) for layer in layers], dim=1)
     values = getattr(model, site)
     read: dict[int, torch.Tensor] = {}
     stacked: list[torch.Tensor] = []

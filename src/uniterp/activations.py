@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._errors import InputError
+from ._fastpath import Read, fast_path_available, read_values, text_encoding
 from ._tooling import as_layer_list, as_prompt_list, use_remote
 from .prompts import progress_bar
 
@@ -97,21 +98,21 @@ def get_token_activations(
     position = _check_idx(idx)
     use_remote(remote)
     order = sorted(set(wanted))
-    collected: list[torch.Tensor] = []
-    with model.trace(texts, remote=remote) as tracer:
-        mask = model.attention_mask
-        lengths = mask.sum(dim=1)
-        # leading padding = positions before the first real token (0 with right padding)
-        first = (mask.cumsum(dim=1) == 0).sum(dim=1)
-        columns = first + position if position >= 0 else first + lengths + position
-        columns = columns.clamp(0, mask.shape[1] - 1)
-        rows = torch.arange(mask.shape[0], device=mask.device)
-        lengths_cpu = lengths.cpu().save()
-        for layer in order:
-            hidden = model.layers_output[layer]
-            collected.append(hidden[rows, columns.to(hidden.device)])
-        stacked = torch.stack(collected).cpu().save()
-        tracer.stop()
+    fast = _fast_token_activations(model, texts, order, position, remote)
+    if fast is not None:
+        stacked, lengths_cpu = fast
+    else:
+        collected: list[torch.Tensor] = []
+        with model.trace(texts, remote=remote) as tracer:
+            mask = model.attention_mask
+            lengths = mask.sum(dim=1)
+            rows, columns = _token_columns(mask, position)
+            lengths_cpu = lengths.cpu().save()
+            for layer in order:
+                hidden = model.layers_output[layer]
+                collected.append(hidden[rows, columns.to(hidden.device)])
+            stacked = torch.stack(collected).cpu().save()
+            tracer.stop()
     shortest = int(lengths_cpu.min())
     if position >= shortest or position < -shortest:
         bad = int(lengths_cpu.argmin())
@@ -122,6 +123,38 @@ def get_token_activations(
     if wanted != order:
         stacked = stacked[[order.index(layer) for layer in wanted]]
     return stacked
+
+
+def _token_columns(mask: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch rows and the column of token ``position`` within each row's own tokens (any padding side)."""
+    lengths = mask.sum(dim=1)
+    # leading padding = positions before the first real token (0 with right padding)
+    first = (mask.cumsum(dim=1) == 0).sum(dim=1)
+    columns = first + position if position >= 0 else first + lengths + position
+    columns = columns.clamp(0, mask.shape[1] - 1)
+    return torch.arange(mask.shape[0], device=mask.device), columns
+
+
+def _fast_token_activations(
+    model: StandardizedTransformer, texts: list[str], order: list[int], position: int, remote: bool | str
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`get_token_activations`' values read with plain hooks (`uniterp._fastpath`), or ``None`` to trace."""
+    binding = model.binding
+    locators = [binding.locator("layers_output", layer) for layer in order]
+    if not fast_path_available(model, locators, remote):
+        return None
+    encoding = text_encoding(model, texts)
+    if encoding is None:
+        return None
+    mask = encoding["attention_mask"]
+    rows, columns = _token_columns(mask, position)
+
+    def pick(hidden: torch.Tensor) -> torch.Tensor:
+        return hidden[rows.to(hidden.device), columns.to(hidden.device)]
+
+    values, _ = read_values(model, encoding, {str(i): Read(loc, pick) for i, loc in enumerate(locators)})
+    stacked = torch.stack([values[str(i)] for i in range(len(order))]).cpu()
+    return stacked, mask.sum(dim=1)
 
 
 def _prompts_hash(prompts: Sequence[str]) -> str:

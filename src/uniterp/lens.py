@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ._errors import InputError
+from ._fastpath import Read, fast_path_available, read_values
 from ._positions import prompt_columns
 from ._tooling import as_layer_list, as_position_list, as_prompt_list, encode_prompts, use_remote
 
@@ -184,6 +185,23 @@ def _lens_batch(
     encoding, lengths = encode_prompts(model, prompts)
     rows, cols = prompt_columns(lengths, positions, encoding["input_ids"].shape[1])
     order = sorted(set(layers))
+    binding = model.binding
+    locators = [binding.locator("layers_output", layer) for layer in order]
+    if fast_path_available(model, locators, remote):
+        # plain hooks (no interleaving): the same values and the same ops as the trace below
+
+        def pick(hidden: torch.Tensor) -> torch.Tensor:
+            return hidden[rows.to(hidden.device), cols.to(hidden.device)]
+
+        values, _ = read_values(
+            model, encoding, {layer: Read(loc, pick) for layer, loc in zip(order, locators)}
+        )
+        device = values[order[0]].device
+        with torch.no_grad():
+            logits = model.project_on_vocab(
+                torch.stack([values[layer].to(device) for layer in layers], dim=1)
+            )
+            return reduce_logits(logits, top_k, targets, inverse)
     read: dict[int, torch.Tensor] = {}
     stacked: list[torch.Tensor] = []
     with model.trace(encoding, remote=remote) as tracer:

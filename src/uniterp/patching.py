@@ -34,10 +34,10 @@ import torch
 
 from ._aliases import TL_HOOKS, SiteRef, resolve_name
 from ._errors import InputError, UnavailableError
-from ._layout import to_native
 from ._pairs import Pairs, check_mode, encode_pairs, positive_int
 from ._probes import PER_LAYER, Edits, ToolSite, unit_dims
 from ._results import PatchResult
+from ._skipping import SkipMismatch, compare_logits, pack_layers, skip_first_layers
 from .metrics import check_metric, logits_kwargs, metric_value
 
 if TYPE_CHECKING:
@@ -351,7 +351,7 @@ def _run(
                 batch_size,
                 skip,
             )
-        except _SkipMismatch as error:
+        except SkipMismatch as error:
             logger.info(
                 "uniterp: %s: skipping early layers changed the logits (%s); running every layer",
                 model.model_type,
@@ -362,34 +362,9 @@ def _run(
     return out
 
 
-#: Rows worth batching together even when it means skipping fewer layers.
-MIN_ROWS = 32
-
-
 def _packs(by_layer: dict[int, list[int]], n: int, batch_size: int) -> list[list[int]]:
-    """Consecutive layers packed into forwards of at least `MIN_ROWS` rows (at most ``batch_size``), deepest first.
-
-    A forward skips the layers before its shallowest one, so small packs skip more;
-    but a forward of a few rows uses the hardware poorly. Packs grow until they have
-    `MIN_ROWS` rows or would exceed ``batch_size``.
-    """
-    packs: list[list[int]] = []
-    current: list[int] = []
-    rows = 0
-    for layer in sorted(by_layer, reverse=True):
-        size = len(by_layer[layer]) * n
-        if current and (rows >= MIN_ROWS or rows + size > batch_size):
-            packs.append(current)
-            current, rows = [], 0
-        current.append(layer)
-        rows += size
-    if current:
-        packs.append(current)
-    return packs
-
-
-class _SkipMismatch(Exception):
-    """The base run rebuilt from skipped layers differs from the base run."""
+    """Consecutive layers packed into forwards (see `uniterp._skipping.pack_layers`), deepest first."""
+    return pack_layers({layer: len(rows) * n for layer, rows in by_layer.items()}, batch_size)
 
 
 def _run_groups(
@@ -435,7 +410,7 @@ def _run_groups(
             saved["logits"] = model.logits.save()
         logits = saved["logits"]
         if check is not None:
-            _compare(logits[-n:], check)
+            compare_logits(logits[-n:], check)
             chunk, logits, check = chunk[:-1], logits[:-n], None
         for g in range(len(chunk)):
             out.append(metric_value(metric, logits[g * n : (g + 1) * n], n).detach().cpu())
@@ -449,27 +424,8 @@ def _skip_layers(
     every group; only the last skipped layer's output is read by a running layer, or patched)."""
     if layer == 0:
         return
-    binding = model.binding
     last = values[layer - 1]
-    hidden = last.repeat(groups, *([1] * (last.dim() - 1)))
-    for i in range(layer):
-        loc = binding.locator("layers_output", i)
-        native = to_native(loc, hidden)
-        if loc.key is None:
-            model.layers[i].skip(native)
-        else:
-            items: list[Any] = [None] * loc.tuple_len
-            items[loc.key] = native
-            model.layers[i].skip(tuple(items))
-
-
-def _compare(logits: torch.Tensor, reference: torch.Tensor) -> None:
-    """Raise `_SkipMismatch` when ``logits`` differ from ``reference`` beyond batching noise."""
-    scale = max(1.0, float(reference.abs().max()))
-    tolerance = (1e-4 if reference.dtype == torch.float32 else 2e-2) * scale
-    diff = float((logits.float() - reference.float()).abs().max())
-    if not diff <= tolerance:
-        raise _SkipMismatch(f"max |diff| {diff:.3g}")
+    skip_first_layers(model, layer, last.repeat(groups, *([1] * (last.dim() - 1))))
 
 
 def _mask(
