@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -155,7 +157,15 @@ def test_check_internals(family: str) -> None:
 
 
 def test_check_internals_reports_a_block_that_does_not_add_up() -> None:
+    # Bloom with the residual taken after the norm: the probe finds no additive layout, so the
+    # decomposition is refused and the check says why (skipped, not passed)
     model = StandardizedTransformer(tiny_model_path("bloom", apply_residual_connection_post_layernorm=True))
+    assert model.binding.block == "unknown"
+    items = {item.name: item for item in check_internals(model)}
+    refused = items["decompose_resid adds up to the residual stream"]
+    assert refused.status == "skipped" and "do not add up" in refused.detail
+    # the same blocks under a binding that claims the sum: the check fails instead
+    model._binding = dataclasses.replace(model.binding, block="sequential")
     items = {item.name: item for item in check_internals(model)}
     failed = items["decompose_resid adds up to the residual stream"]
     assert failed.status == "failed" and "do not add up" in failed.detail
