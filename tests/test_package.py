@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import subprocess
 import sys
@@ -75,3 +76,25 @@ def test_star_import_and_nnsight_register_work() -> None:
         "print('uniterp' in _PICKLE_BY_VALUE_MODULES, StandardizedTransformer.__module__)\n"
     )
     assert out == "True uniterp._model"
+
+
+def test_the_types_of_public_properties_are_exported() -> None:
+    """What ``model.<property>`` returns is importable from the package root (for annotations)."""
+    import typing
+
+    from uniterp import StandardizedTransformer
+
+    missing = []
+    for name in dir(StandardizedTransformer):
+        attribute = inspect.getattr_static(StandardizedTransformer, name, None)
+        if name.startswith("_") or not isinstance(attribute, property) or attribute.fget is None:
+            continue
+        returned = typing.get_type_hints(attribute.fget).get("return")
+        module = getattr(returned, "__module__", "")
+        if (
+            isinstance(returned, type)
+            and module.startswith("uniterp")
+            and returned.__name__ not in uniterp.__all__
+        ):
+            missing.append(f"{name} -> {returned.__name__}")
+    assert not missing, missing

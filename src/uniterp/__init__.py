@@ -44,7 +44,9 @@ _EXPORTS: dict[str, str] = {
     "registered_model_types": "._families",
     "Layout": "._layout",
     "Locator": "._layout",
+    "MixerStates": "._mixer_states",
     "StandardizedTransformer": "._model",
+    "SAELatents": "._sae_attach",
     "AttentionProbabilities": "._sites",
     "AttentionScores": "._sites",
     "LayerList": "._sites",
@@ -117,8 +119,8 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from ._aliases import NamedValues as NamedValues
-    from ._aliases import resolve_name as resolve_name
     from ._aliases import SiteRef as SiteRef
+    from ._aliases import resolve_name as resolve_name
     from ._binding import Binding as Binding
     from ._check import CheckItem as CheckItem
     from ._check import CheckResult as CheckResult
@@ -138,7 +140,9 @@ if TYPE_CHECKING:
     from ._families import registered_model_types as registered_model_types
     from ._layout import Layout as Layout
     from ._layout import Locator as Locator
+    from ._mixer_states import MixerStates as MixerStates
     from ._model import StandardizedTransformer as StandardizedTransformer
+    from ._sae_attach import SAELatents as SAELatents
     from ._sites import AttentionProbabilities as AttentionProbabilities
     from ._sites import AttentionScores as AttentionScores
     from ._sites import LayerList as LayerList
@@ -156,55 +160,55 @@ if TYPE_CHECKING:
     from .activations import collect_token_activations_batched as collect_token_activations_batched
     from .activations import get_token_activations as get_token_activations
     from .activations import load_token_activations as load_token_activations
-    from .attribution import attribution_patching as attribution_patching
     from .attribution import AttributionResult as AttributionResult
+    from .attribution import attribution_patching as attribution_patching
     from .cache import ActivationCache as ActivationCache
     from .cache import run_with_cache as run_with_cache
     from .display import plot_logit_lens as plot_logit_lens
     from .display import plot_topk_tokens as plot_topk_tokens
     from .display import prompts_to_df as prompts_to_df
-    from .edges import edge_attribution_patching as edge_attribution_patching
     from .edges import EdgeScores as EdgeScores
+    from .edges import edge_attribution_patching as edge_attribution_patching
     from .grads import GradientResult as GradientResult
+    from .grads import IntegratedGradients as IntegratedGradients
     from .grads import gradients as gradients
     from .grads import integrated_gradients as integrated_gradients
-    from .grads import IntegratedGradients as IntegratedGradients
-    from .lens import logit_lens as logit_lens
     from .lens import TopTokens as TopTokens
-    from .metrics import last_token_metric as last_token_metric
+    from .lens import logit_lens as logit_lens
     from .metrics import LastTokenMetric as LastTokenMetric
+    from .metrics import last_token_metric as last_token_metric
     from .metrics import logit_diff as logit_diff
+    from .patching import PatchResult as PatchResult
     from .patching import patch_attention_outputs as patch_attention_outputs
     from .patching import patch_heads as patch_heads
     from .patching import patch_heads_by_position as patch_heads_by_position
     from .patching import patch_mlp_outputs as patch_mlp_outputs
     from .patching import patch_residual as patch_residual
     from .patching import patch_sweep as patch_sweep
-    from .patching import PatchResult as PatchResult
+    from .patchscope import TargetPrompt as TargetPrompt
+    from .patchscope import TargetPromptBatch as TargetPromptBatch
     from .patchscope import it_repeat_prompt as it_repeat_prompt
     from .patchscope import patch_object_attn_lens as patch_object_attn_lens
     from .patchscope import patchscope_generate as patchscope_generate
     from .patchscope import patchscope_lens as patchscope_lens
     from .patchscope import repeat_prompt as repeat_prompt
-    from .patchscope import TargetPrompt as TargetPrompt
-    from .patchscope import TargetPromptBatch as TargetPromptBatch
     from .path_patching import path_patch as path_patch
-    from .prompts import get_first_tokens as get_first_tokens
     from .prompts import Prompt as Prompt
+    from .prompts import get_first_tokens as get_first_tokens
     from .prompts import results_to_dataframe as results_to_dataframe
     from .prompts import run_prompts as run_prompts
+    from .sae import SparseAutoencoder as SparseAutoencoder
+    from .sae import Transcoder as Transcoder
     from .sae import load_sae as load_sae
     from .sae import load_saes as load_saes
     from .sae import save_sae as save_sae
-    from .sae import SparseAutoencoder as SparseAutoencoder
-    from .sae import Transcoder as Transcoder
     from .sae_tools import AttachReport as AttachReport
+    from .sae_tools import LatentAttribution as LatentAttribution
+    from .sae_tools import TopLatents as TopLatents
     from .sae_tools import generate_with_latent_steering as generate_with_latent_steering
     from .sae_tools import latent_attribution as latent_attribution
-    from .sae_tools import LatentAttribution as LatentAttribution
     from .sae_tools import steer_latents as steer_latents
     from .sae_tools import top_latents as top_latents
-    from .sae_tools import TopLatents as TopLatents
     from .steering import generate_with_steering as generate_with_steering
     from .steering import steering_vector as steering_vector
 
@@ -271,6 +275,7 @@ __all__ = [
     "logit_diff",
     "logit_lens",
     "lookup_spec",
+    "MixerStates",
     "NamedValues",
     "OrderError",
     "OutsideTraceError",
@@ -296,6 +301,7 @@ __all__ = [
     "results_to_dataframe",
     "run_prompts",
     "run_with_cache",
+    "SAELatents",
     "save_sae",
     "ShapeError",
     "SiteRef",

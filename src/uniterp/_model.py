@@ -23,6 +23,7 @@ from ._internals import INTERNAL_SITES
 from ._layout import LAYER_SITES
 from ._loading import load_config, load_tokenizer, quiet_progress, resolve_source
 from ._methods import StandardMethods
+from ._mixer_states import MixerStates
 from ._nnsight_compat import envoy_at, native_module
 from ._norms import NORM_SITES
 from ._paths import module_at
@@ -148,6 +149,7 @@ class StandardizedTransformer(StandardValues, StandardMethods, WeightViews, SAEA
         self._named = NamedValues(self)
         self._probs_view = AttentionProbabilities(self)
         self._scores_view = AttentionScores(self)
+        self._states_view = MixerStates(self)
         found = (spec, "given") if spec is not None else lookup_spec(model_type)
         try:
             if found is None:
@@ -277,6 +279,7 @@ class StandardizedTransformer(StandardValues, StandardMethods, WeightViews, SAEA
         if not remote:
             self.dispatch()
             self._runtime.install(native_module(self), binding)
+            self._states_view.located()  # a short forward, once, on models with recurrent mixers
         return binding
 
     def dispatch(self) -> None:

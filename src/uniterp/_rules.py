@@ -38,6 +38,8 @@ __all__ = [
     "STREAM_KEYS",
     "STREAM_READOUT",
     "TL_MODEL_ALIASES",
+    "MIXER_STATE_ATTRIBUTES",
+    "STATE_MIXER_CLASS",
 ]
 
 # -- probe inputs --------------------------------------------------------------------------
@@ -63,6 +65,14 @@ NOT_ATTENTION: tuple[str, ...] = (
     "rwkv",
     "lstm",
 )
+#: A class name that looks like a token mixer with a recurrent state (state-space,
+#: linear-attention, recurrent or convolution mixers; ``Mixer`` as in ``BambaMixer``).
+STATE_MIXER_CLASS = re.compile(
+    r"mamba|ssm|delta|linear|lightning|recurren|rwkv|lstm|conv|mixer", re.IGNORECASE
+)
+#: Attributes on which a mixer module keeps its recurrent state itself, outside the
+#: cache (RecurrentGemma's RG-LRU).
+MIXER_STATE_ATTRIBUTES: tuple[str, ...] = ("recurrent_states",)
 #: Class-name fragments of modules that are not an MLP (token mixers).
 NOT_MLP: tuple[str, ...] = ("mamba", "ssm", "conv", "recurren", "delta")
 

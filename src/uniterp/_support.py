@@ -158,6 +158,8 @@ def support_report(model: StandardizedTransformer) -> SupportReport:
         values.append(
             ValueSupport("attention_probabilities", per_layer=True, layers=layers, unavailable=missing)
         )
+    states, why = model.mixer_states.located()
+    values.append(ValueSupport("mixer_states", per_layer=True, layers=tuple(sorted(states)), unavailable=why))
     for name in _GLOBAL_VALUES[1:]:
         values.append(ValueSupport(name, per_layer=False))
     values.append(ValueSupport("project_on_vocab", per_layer=False, reason=binding.lens_unavailable or ""))

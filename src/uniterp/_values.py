@@ -13,6 +13,7 @@ import torch
 
 from ._aliases import NamedValues
 from ._errors import UnavailableError
+from ._mixer_states import MixerStates
 from ._nnsight_compat import OutOfOrderError
 from ._sites import (
     AttentionProbabilities,
@@ -45,6 +46,7 @@ class StandardValues:
     _named: NamedValues
     _probs_view: AttentionProbabilities
     _scores_view: AttentionScores
+    _states_view: MixerStates
     _model_type: str
     binding: Any
     output: Any
@@ -172,6 +174,15 @@ class StandardValues:
         Opt-in like `attention_probabilities` (``enable_attention_probs=True``).
         """
         return self._scores_view
+
+    @property
+    def mixer_states(self) -> MixerStates:
+        """The recurrent state layer ``i``'s state-space or linear-attention mixer leaves after the forward
+        (what generation continues from), in the mixer's own shape, batch first. Read-only.
+
+        Unavailable on softmax-attention layers (their state is ``keys[i]``/``values[i]``), with the reason.
+        """
+        return self._states_view
 
     @property
     def token_embeddings(self) -> torch.Tensor:
