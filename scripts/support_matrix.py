@@ -55,6 +55,12 @@ def read_internals(model):
                     getattr(model, site)[layer].save()
             except Exception as e:
                 failed.setdefault(site, {})[str(layer)] = short(e)
+    for layer in sorted(model.mixer_states.located()[0]):
+        try:
+            with torch.no_grad(), model.trace(["The Eiffel Tower is in the city of", "hello world"]):
+                model.mixer_states[layer].save()
+        except Exception as e:
+            failed.setdefault("mixer_states", {})[str(layer)] = short(e)
     return failed
 
 def emit(rec):
@@ -175,18 +181,19 @@ def write_markdown(records: list[dict], path: Path, versions: dict[str, str]) ->
         "unavailable with the reason below. A block marked *n streams* keeps n residual streams per "
         "token; its layer values are `(batch, seq, n, hidden)`.",
         "",
-        "Columns *q/k/v*, *heads*, *neurons*: `queries`/`keys`/`values` (the attention kernel's inputs), "
-        "`head_outputs` and `mlp_neurons` (see [Internals](internals.md)); reasons for the gaps are in "
-        "the JSON file and `model.support()`.",
+        "Columns *q/k/v*, *heads*, *neurons*, *states*: `queries`/`keys`/`values` (the attention kernel's "
+        "inputs), `head_outputs`, `mlp_neurons` and `mixer_states` (the recurrent state of state-space and "
+        "linear-attention mixers; see [Internals](internals.md)); reasons for the gaps are in the JSON "
+        "file and `model.support()`.",
         "",
         "| model_type | status | layers | attn in | attn out | mlp in | mlp out | q/k/v | heads | neurons "
-        "| attn probs | lens | block |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| states | attn probs | lens | block |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes: list[str] = []
     for r in sorted(records, key=lambda r: r["type"]):
         if r["status"] != "exact":
-            lines.append(f"| {r['type']} | {r['status']} | | | | | | | | | | | |")
+            lines.append(f"| {r['type']} | {r['status']} | | | | | | | | | | | | |")
             notes.append(f"- **{r['type']}** ({r['status']}): {r.get('reason', '')}")
             continue
         s = {k: dict(v) for k, v in r["support"].items()}
@@ -207,7 +214,8 @@ def write_markdown(records: list[dict], path: Path, versions: dict[str, str]) ->
             f"| {_cell(s['mlps_input'], n)} | {_cell(s['mlps_output'], n)} "
             f"| {_cell(s['queries'], n) if 'queries' in s else '—'} "
             f"| {_cell(s['head_outputs'], n) if 'head_outputs' in s else '—'} "
-            f"| {_cell(s['mlp_neurons'], n) if 'mlp_neurons' in s else '—'} | {p} "
+            f"| {_cell(s['mlp_neurons'], n) if 'mlp_neurons' in s else '—'} "
+            f"| {_cell(s['mixer_states'], n) if 'mixer_states' in s else '—'} | {p} "
             f"| {_cell(lens, n) if lens else '✓'} | {r.get('block', '')}{streams} |"
         )
         reasons = {

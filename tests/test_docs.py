@@ -104,6 +104,14 @@ def test_readme_states_the_counts_of_the_committed_support_matrix() -> None:
     matrix = (ROOT / "docs" / "support-matrix.md").read_text(encoding="utf-8")
     assert f"**{len(exact)} of {len(buildable)} buildable types are exact" in matrix
 
+    def having(site: str) -> int:
+        return sum(1 for r in exact if r["support"].get(site, {}).get("layers"))
+
+    assert f"`queries` on {having('queries')}, `keys`/`values` on {having('keys')}" in readme
+    assert having("keys") == having("values")
+    assert f"`head_outputs` on {having('head_outputs')}, `mlp_neurons` on {having('mlp_neurons')}" in readme
+    assert f"`mixer_states` on the {having('mixer_states')} with" in readme
+
 
 def _mkdocs_config() -> dict:
     import yaml
