@@ -12,6 +12,7 @@ from uniterp import (
     StandardizedTransformer,
     UnavailableError,
 )
+from uniterp._mixer_states import locate_mixer_states
 from uniterp._nnsight_compat import native_module
 from uniterp.testing import tiny_model_path
 
@@ -170,3 +171,24 @@ def test_pure_attention_models_find_their_answer_without_a_forward() -> None:
     finally:
         handle.remove()
     assert not sites and len(reasons) == model.num_layers and not calls
+
+
+def test_a_model_that_cannot_run_with_a_cache_keeps_its_other_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = StandardizedTransformer(tiny_model_path("mamba"))
+    model.dispatch()
+    mixer = native_module(model).backbone.layers[0].mixer
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("no cache here")
+
+    handle = mixer.register_forward_pre_hook(broken)
+    try:
+        sites, reasons = locate_mixer_states(model)
+    finally:
+        handle.remove()
+    assert not sites and all("no cache here" in reason for reason in reasons.values())
+    model._states_view._located = (sites, reasons)  # as if the load-time probe had failed
+    with torch.no_grad(), model.trace(TWO):
+        h = model.layers_output[0].save()
+    assert h.shape[0] == 2
+    assert "no cache here" in _reason(model, 0)

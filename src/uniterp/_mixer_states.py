@@ -166,6 +166,9 @@ def locate_mixer_states(model: StandardizedTransformer) -> tuple[dict[int, State
             handles.append(mixers[0][1].register_forward_pre_hook(grab, with_kwargs=True))
     try:
         root(**forward_inputs(model, encoding), use_cache=True)
+    except Exception as error:  # a model that cannot run with a cache: every other value still works
+        why = f"the probe forward with use_cache=True failed ({type(error).__name__}: {error})"
+        return {}, {i: reasons.get(i, why) for i in range(n)}
     finally:
         for handle in handles:
             handle.remove()
