@@ -149,6 +149,29 @@ def _gpt_bigcode_attention(config: Any) -> AttentionLayout:
     return AttentionLayout("per_head", o="c_proj", qkv="c_attn", note="c_attn per head (n, 3, d)")
 
 
+#: Families laid out like Llama: separate q/k/v/o projections and a gated MLP
+#: (gate_proj, up_proj, down_proj).
+_LLAMA_LIKE: tuple[str, ...] = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "olmo",
+    "olmo2",
+    "olmoe",
+    "stablelm",
+    "cohere",
+    "granite",
+    "jamba",
+)
+
+
 ATTENTION_LAYOUTS: dict[str, AttentionLayout | Callable[[Any], AttentionLayout]] = {
     "gpt2": AttentionLayout("concat", o="c_proj", qkv="c_attn", note="Conv1D c_attn [q | k | v]"),
     "gpt_neox": AttentionLayout(
@@ -172,30 +195,7 @@ ATTENTION_LAYOUTS: dict[str, AttentionLayout | Callable[[Any], AttentionLayout]]
         gated_query=True,
         note="q_proj per head [query | output gate], k_proj/v_proj, o_proj",
     ),
-    **{
-        model_type: LLAMA_ATTENTION
-        for model_type in (
-            "llama",
-            "mistral",
-            "mixtral",
-            "qwen2",
-            "qwen2_moe",
-            "qwen3",
-            "qwen3_moe",
-            "gemma",
-            "gemma2",
-            "gemma3_text",
-            "olmo",
-            "olmo2",
-            "olmoe",
-            "stablelm",
-            "starcoder2",
-            "cohere",
-            "granite",
-            "nemotron",
-            "jamba",
-        )
-    },
+    **{model_type: LLAMA_ATTENTION for model_type in (*_LLAMA_LIKE, "starcoder2", "nemotron")},
 }
 
 # Output-projection names the generic rule accepts for attention modules outside the table
@@ -255,30 +255,7 @@ MLP_LAYOUTS: dict[str, MLPLayout | Callable[[Any], MLPLayout]] = {
         note="gate_up_proj [gate | up]",
     ),
     "nemotron": MLPLayout(up="up_proj", out="down_proj", act="act_fn", note="up_proj/down_proj (no gate)"),
-    **{
-        model_type: _GATED
-        for model_type in (
-            "llama",
-            "mistral",
-            "mixtral",
-            "qwen2",
-            "qwen2_moe",
-            "qwen3",
-            "qwen3_moe",
-            "gemma",
-            "gemma2",
-            "gemma3_text",
-            "olmo",
-            "olmo2",
-            "olmoe",
-            "stablelm",
-            "cohere",
-            "granite",
-            "jamba",
-            "deepseek_v3",
-            "qwen3_next",
-        )
-    },
+    **{model_type: _GATED for model_type in (*_LLAMA_LIKE, "deepseek_v3", "qwen3_next")},
 }
 
 MOE_LAYOUTS: dict[str, MoELayout] = {
