@@ -14,6 +14,7 @@ from uniterp import (
 )
 from uniterp._mixer_states import locate_mixer_states
 from uniterp._nnsight_compat import native_module
+from uniterp.cache import run_with_cache
 from uniterp.testing import tiny_model_path
 
 from conftest import PROMPTS, load_tiny, model_and_reference
@@ -192,3 +193,28 @@ def test_a_model_that_cannot_run_with_a_cache_keeps_its_other_values(monkeypatch
         h = model.layers_output[0].save()
     assert h.shape[0] == 2
     assert "no cache here" in _reason(model, 0)
+
+
+@pytest.mark.parametrize("model_type", ["falcon_h1", "zamba2", "jamba"])
+def test_run_with_cache_keeps_the_states_in_forward_order(model_type: str) -> None:
+    # Falcon-H1 runs its Mamba mixer before its attention, Zamba2's hybrid layer after it: the cache
+    # reads each state where the mixer runs, among every other value of the layer
+    model, root = model_and_reference(model_type)
+    expected = _hf_states(root, model_type, encode(model, TWO))
+    cache = run_with_cache(model, TWO, names=lambda name: True)
+    for i, state in expected.items():
+        torch.testing.assert_close(cache[f"mixer_states.{i}"], state, rtol=0, atol=1e-6)
+        assert f"mixer_states.{i}" in cache
+    sites = model.mixer_states.located()[0]
+    assert any(site.after_attention for site in sites.values()) == (model_type == "zamba2")
+
+
+def test_named_reads_and_refusals_of_states() -> None:
+    model = load_tiny("qwen3_next")
+    with torch.no_grad(), model.trace(TWO):
+        named = model.sites["mixer_states.0"].save()
+        direct = model.mixer_states[1].save()
+    assert direct.shape == named.shape
+    with pytest.raises(UnavailableError, match="keys and values"):
+        run_with_cache(model, TWO, names=["mixer_states.2"])
+    assert "mixer_states.2" not in run_with_cache(model, TWO, names=lambda name: name.startswith("mixer"))

@@ -189,7 +189,12 @@ def _per_layer_values() -> tuple[str, ...]:
     from ._layout import LAYER_SITES
     from ._norms import NORM_SITES
 
-    return LAYER_SITES + NORM_SITES + INTERNAL_SITES + ("attention_scores", "attention_probabilities")
+    return (
+        LAYER_SITES
+        + NORM_SITES
+        + INTERNAL_SITES
+        + ("attention_scores", "attention_probabilities", "mixer_states")
+    )
 
 
 def _layer(layer: int, n: int, name: str) -> int:
@@ -242,6 +247,8 @@ def _checked(binding: Binding, ref: SiteRef) -> SiteRef:
         if ref.site not in GLOBAL_VALUES:
             raise InputError(f"{ref.name!r}: {ref.site!r} is not a value of the whole model; give a layer")
         return ref
+    if ref.site == "mixer_states":
+        return ref  # located on the model, not in the binding: `model.mixer_states` refuses with the reason
     if ref.site in ("attention_scores", "attention_probabilities"):
         if binding.attention is None:
             raise UnavailableError(

@@ -52,6 +52,8 @@ class StateSite:
         index: The cache layer the mixer writes (``"cache"``).
         holder: Native path of the module holding the state (``"module"``).
         attribute: The attribute holding it (``"module"``).
+        after_attention: The mixer runs after the layer's softmax attention (Zamba2's
+            hybrid layers); ``False`` where it runs first (Falcon-H1) or the layer has none.
     """
 
     mixer: str
@@ -59,6 +61,7 @@ class StateSite:
     index: int = -1
     holder: str = ""
     attribute: str = ""
+    after_attention: bool = False
 
 
 def _is_mixer(module: torch.nn.Module) -> bool:
@@ -79,7 +82,7 @@ def _mixers(layer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 
 def _no_state(binding: Any, i: int) -> str:
-    if "queries" in binding.layout.layers[i] or binding.layout.modules[i].get("attention"):
+    if "queries" in binding.layout.layers[i] or binding.layout.modules[i].get("self_attn"):
         return "this layer has softmax attention: its state is its keys and values (keys[i], values[i])"
     return "this layer has no state-space or linear-attention mixer"
 
@@ -144,26 +147,37 @@ def locate_mixer_states(model: StandardizedTransformer) -> tuple[dict[int, State
     from ._fastpath import forward_inputs
 
     binding = model.binding
-    model.dispatch()
-    root = native_module(model)
-    stack = root.get_submodule(binding.spec.layers)
     n = binding.sizes.num_layers
-    candidates = {i: _mixers(stack[i]) for i in range(n)}
-    reasons = {i: _no_state(binding, i) for i, mixers in candidates.items() if not mixers}
+    skeleton = native_module(model).get_submodule(binding.spec.layers)  # no weights needed yet
+    found = {i: [rel for rel, _ in _mixers(skeleton[i])] for i in range(n)}
+    reasons = {i: _no_state(binding, i) for i, rels in found.items() if not rels}
     if len(reasons) == n:
-        return {}, reasons
+        return {}, reasons  # no forward, no weights loaded
+    model.dispatch()
+    stack = native_module(model).get_submodule(binding.spec.layers)
+    candidates = {i: [(rel, stack[i].get_submodule(rel)) for rel in rels] for i, rels in found.items()}
+    root = native_module(model)
     encoding = pipeline_text_encoding(model, [PROBE_PROMPT])
     if encoding is None:
         return {}, {i: reasons.get(i, "the model takes no text prompt to probe with") for i in range(n)}
     seen: dict[int, Any] = {}
+    calls: list[tuple[str, int]] = []  # the order in which mixers and attention modules start
     handles = []
     for i, mixers in candidates.items():
         if mixers:
 
             def grab(_module: Any, args: Any, kwargs: Any, i: int = i) -> None:
                 seen.setdefault(i, _find_cache(args, kwargs))
+                calls.append(("mixer", i))
 
             handles.append(mixers[0][1].register_forward_pre_hook(grab, with_kwargs=True))
+            attention = binding.layout.modules[i].get("self_attn")
+            if attention is not None:
+
+                def started(*_: Any, i: int = i) -> None:
+                    calls.append(("attention", i))
+
+                handles.append(stack[i].get_submodule(attention).register_forward_pre_hook(started))
     try:
         root(**forward_inputs(model, encoding), use_cache=True)
     except Exception as error:  # a model that cannot run with a cache: every other value still works
@@ -181,11 +195,13 @@ def locate_mixer_states(model: StandardizedTransformer) -> tuple[dict[int, State
         index = getattr(mixer, "layer_idx", i)
         cache = seen.get(i)
         held = _held_state(mixer)
+        after = ("attention", i) in calls and ("mixer", i) in calls
+        after = after and calls.index(("attention", i)) < calls.index(("mixer", i))
         if cache is not None and isinstance(index, int) and _cache_state(cache, index) is not None:
-            sites[i] = StateSite(path, "cache", index)
+            sites[i] = StateSite(path, "cache", index, after_attention=after)
         elif held is not None:
             holder = f"{path}.{held[0]}" if held[0] else path
-            sites[i] = StateSite(path, "module", holder=holder, attribute=held[1])
+            sites[i] = StateSite(path, "module", holder=holder, attribute=held[1], after_attention=after)
         elif "queries" in binding.layout.layers[i]:
             reasons[i] = _no_state(binding, i)  # softmax attention whose class name reads like a mixer
         elif ATTENTION_CLASS.search(type(mixer).__name__):

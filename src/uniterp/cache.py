@@ -25,7 +25,7 @@ import torch
 
 from ._aliases import GLOBAL_VALUES, SiteRef, normalize, resolve_name
 from ._decompose import CacheDecomposition
-from ._errors import InputError, UniterpError
+from ._errors import InputError, UnavailableError, UniterpError
 from ._layout import FORWARD_ORDER
 from ._logit_attrs import LogitAttribution
 from ._nnsight_compat import native_module
@@ -60,6 +60,7 @@ _SEQ_DIMS: dict[str, tuple[int, ...]] = {
     "attention_scores": (2, 3),
     "attention_probabilities": (2, 3),
     "next_token_probs": (),
+    "mixer_states": (),  # a state after the last token, no sequence
 }
 #: Short TransformerLens names for ``cache["resid_post", 3]``.
 _TL_SHORT: dict[str, str] = {
@@ -69,11 +70,17 @@ _TL_SHORT: dict[str, str] = {
 }
 
 
-def _order_key(binding: Binding, ref: SiteRef) -> tuple[int, int]:
+def _order_key(model: StandardizedTransformer, ref: SiteRef) -> tuple[int, float]:
     if ref.layer is None:
         if ref.site in _AFTER_LAYERS:
-            return (binding.sizes.num_layers, _AFTER_LAYERS.index(ref.site))
+            return (model.binding.sizes.num_layers, _AFTER_LAYERS.index(ref.site))
         return (-1, 0)
+    if ref.site == "mixer_states":  # read when the mixer has run: before the attention, or after it
+        site = model.mixer_states.located()[0][ref.layer]
+        return (
+            ref.layer,
+            FORWARD_ORDER.index("attentions_output_normed" if site.after_attention else "layers_input") + 0.5,
+        )
     return (ref.layer, FORWARD_ORDER.index(ref.site))
 
 
@@ -89,6 +96,8 @@ def _available_names(model: StandardizedTransformer) -> list[str]:
                 entry = binding.attention[layer]
                 if not isinstance(entry, str) and (site != "attention_scores" or entry.scores is None):
                     names.append(f"{site}.{layer}")
+        if model.mixer_states.available(layer):
+            names.append(f"mixer_states.{layer}")
     return [*names, "logits", "next_token_probs"]
 
 
@@ -125,9 +134,12 @@ def _requested(model: StandardizedTransformer, names: Any) -> list[SiteRef]:
         if name in _INPUTS:
             continue  # always kept: cache.input_ids, cache.attention_mask
         ref = resolve_name(binding, name)
+        if ref.site == "mixer_states" and not model.mixer_states.available(ref.layer):
+            reason = model.mixer_states.located()[1].get(ref.layer, "no recurrent state")
+            raise UnavailableError(binding.model_type, name, reason)
         base = SiteRef(ref.site, ref.layer, "same", None, ref.standard_name)
         refs.setdefault(base.standard_name, base)
-    return sorted(refs.values(), key=lambda r: _order_key(binding, r))
+    return sorted(refs.values(), key=lambda r: _order_key(model, r))
 
 
 def _encoding(
