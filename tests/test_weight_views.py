@@ -145,7 +145,7 @@ def test_bad_indices_and_names_are_refused() -> None:
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_check_internals(family: str) -> None:
     items = {item.name: item for item in check_internals(load_tiny(family))}
-    expected_skips = set()
+    expected_skips = {"mixer_states == the state a plain forward leaves"}  # softmax attention only
     if family in MOE:
         expected_skips.add("mlp_neurons @ W_out + b_out == down projection")
     if family in SANDWICH:
@@ -174,3 +174,10 @@ def test_check_internals_reports_a_block_that_does_not_add_up() -> None:
     assert items["decompose_resid adds up to the residual stream"].status == "skipped"
     assert "post-norm" in items["decompose_resid adds up to the residual stream"].detail
     assert items["head_outputs @ W_O + b_O == output projection"].status == "passed"
+
+
+@pytest.mark.parametrize("family", ["jamba", "recurrent_gemma", "minimax", "zamba2"])
+def test_check_internals_compares_the_mixer_states(family: str) -> None:
+    items = {item.name: item for item in check_internals(load_tiny(family))}
+    item = items["mixer_states == the state a plain forward leaves"]
+    assert item.status == "passed" and item.detail.endswith("max |diff| 0"), item

@@ -9,7 +9,9 @@ residual the parts should add up to:
 - ``decompose_resid`` adds up to the residual stream at every layer;
 - ``stack_head_results`` plus ``b_O`` == ``attentions_output`` on every layer;
 - the logit attributions of the decomposed final residual add up to the logits minus
-  the biases (``b_U`` and the final norm's bias through ``W_U``).
+  the biases (``b_U`` and the final norm's bias through ``W_U``);
+- each ``mixer_states`` value read in the trace == the state a plain forward of the same
+  batch leaves in its returned cache (or on the module that keeps it).
 
 A check that does not apply (no weights, a block layout where the sum is untrue) is
 skipped with the reason.
@@ -102,6 +104,8 @@ def check_internals(model: StandardizedTransformer, prompts: Sequence[str] | Non
         for site in ("head_outputs", "mlp_neurons")
         if binding.locator(site, layer) is not None
     }
+    states = sorted(model.mixer_states.located()[0])
+    names += [f"mixer_states.{layer}" for layer in states]
     outputs = _Outputs(native_module(model), set(paths))
     try:
         everything = [*default_names(model), *names, "logits"]
@@ -115,6 +119,7 @@ def check_internals(model: StandardizedTransformer, prompts: Sequence[str] | Non
         _decomposition(cache),
         _heads(cache),
         _logit_attribution(model, cache),
+        _mixer_states(model, cache),
     ]
 
 
@@ -218,3 +223,38 @@ def _logit_attribution(model: StandardizedTransformer, cache: ActivationCache) -
     ok = d <= decomposition_tolerance(expected[mask])
     where = " (before the soft-cap)" if binding.logit_softcap is not None else ""
     return CheckItem(name, "passed" if ok else "failed", f"max |diff| {d:.3g}{where}", d)
+
+
+def _mixer_states(model: StandardizedTransformer, cache: ActivationCache) -> CheckItem:
+    """Each ``mixer_states`` value read in the trace == the state a plain forward of the same batch
+    leaves in its returned cache (or on the module that keeps it)."""
+    from ._fastpath import forward_inputs
+    from ._mixer_states import cache_state
+
+    name = "mixer_states == the state a plain forward leaves"
+    sites, reasons = model.mixer_states.located()
+    if not sites:
+        return CheckItem(name, "skipped", "; ".join(sorted(set(reasons.values()))) or "no layer has one")
+    root = native_module(model)
+    encoding = {"input_ids": cache.input_ids, "attention_mask": cache.attention_mask}
+    with torch.no_grad():
+        out = root(**forward_inputs(model, encoding), use_cache=True)
+    returned = getattr(out, "cache", None)  # transformers 5 names it `cache`; `past_key_values` before
+    if returned is None and "past_key_values" in out:
+        returned = out["past_key_values"]
+    worst, ok = 0.0, True
+    for layer, site in sorted(sites.items()):
+        if site.kind == "module":
+            reference = getattr(root.get_submodule(site.holder), site.attribute, None)
+        else:
+            reference = cache_state(returned, site.index)
+        mine = cache[f"mixer_states.{layer}"]
+        if not isinstance(reference, torch.Tensor) or reference.shape != mine.shape:
+            return CheckItem(
+                name, "failed", f"layer {layer}: the plain forward left no state of shape {tuple(mine.shape)}"
+            )
+        d = _diff(mine, reference)
+        worst, ok = max(worst, d), ok and d <= decomposition_tolerance(reference)
+    return CheckItem(
+        name, "passed" if ok else "failed", f"{len(sites)} layers, max |diff| {worst:.3g}", worst
+    )

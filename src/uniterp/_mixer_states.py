@@ -35,7 +35,7 @@ from ._sites import normalize_layer, raise_order_error, require_trace
 if TYPE_CHECKING:
     from ._model import StandardizedTransformer
 
-__all__ = ["MixerStates", "StateSite", "locate_mixer_states"]
+__all__ = ["MixerStates", "StateSite", "cache_state", "locate_mixer_states"]
 
 NAME = "mixer_states"
 
@@ -96,7 +96,7 @@ def _find_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return None
 
 
-def _cache_state(cache: Any, index: int) -> torch.Tensor | None:
+def cache_state(cache: Any, index: int) -> torch.Tensor | None:
     """The recurrent state cache layer ``index`` holds, or ``None``."""
     layers = getattr(cache, "layers", None)
     if layers is not None and 0 <= index < len(layers):
@@ -197,7 +197,7 @@ def locate_mixer_states(model: StandardizedTransformer) -> tuple[dict[int, State
         held = _held_state(mixer)
         after = ("attention", i) in calls and ("mixer", i) in calls
         after = after and calls.index(("attention", i)) < calls.index(("mixer", i))
-        if cache is not None and isinstance(index, int) and _cache_state(cache, index) is not None:
+        if cache is not None and isinstance(index, int) and cache_state(cache, index) is not None:
             sites[i] = StateSite(path, "cache", index, after_attention=after)
         elif held is not None:
             holder = f"{path}.{held[0]}" if held[0] else path
@@ -291,7 +291,7 @@ class MixerStates:
         args, kwargs = envoy.inputs
         cache = _find_cache(args, kwargs)
         envoy.output  # noqa: B018 - the state is written while the mixer runs
-        state = _cache_state(cache, site.index) if cache is not None else None
+        state = cache_state(cache, site.index) if cache is not None else None
         if state is None:
             raise UnavailableError(
                 model.model_type, name, "the forward ran without a cache; pass use_cache=True to trace()"
