@@ -35,6 +35,7 @@ __all__ = [
     "Edits",
     "ToolSite",
     "grad_mode",
+    "read_sites",
     "resolve_sites",
     "unit_dims",
 ]
@@ -224,6 +225,38 @@ class Edits:
                 new = edit(new)
             self.written[site.key] = new
             write_ref(model, site.ref, new)
+
+
+def read_sites(
+    model: StandardizedTransformer,
+    encoding: dict[str, torch.Tensor],
+    sites: Sequence[ToolSite],
+    metric: Any,
+    n: int,
+    *,
+    also: Callable[[Edits], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """One forward of ``encoding`` reading ``sites``: ``({key: detached copy}, metric value)``.
+
+    Example::
+
+        >>> values, value = read_sites(model, clean_encoding, sites, metric, n=2)
+
+    ``also`` adds further reads to the `Edits` before the forward (the QK fix's queries
+    and keys); ``n`` is the number of prompt pairs the metric averages over.
+    """
+    from .metrics import logits_kwargs, metric_value
+
+    edits = Edits()
+    for site in sites:
+        edits.add(site, None, keep=True)
+    if also is not None:
+        also(edits)
+    with torch.no_grad(), model.trace(encoding, **logits_kwargs(model, metric)):
+        edits.run(model)
+        logits = model.logits.save()
+    values = {k: v.detach().clone() for k, v in edits.seen.items()}
+    return values, float(metric_value(metric, logits, n))
 
 
 def probe(store: dict[str, torch.Tensor], key: str) -> Edit:

@@ -44,7 +44,7 @@ import torch
 from ._aliases import resolve_name
 from ._errors import InputError, UnavailableError
 from ._pairs import Pairs, check_mode, encode_pairs, positive_int
-from ._probes import PER_LAYER, Edits, ToolSite, grad_mode, probe, unit_dims
+from ._probes import PER_LAYER, Edits, ToolSite, grad_mode, probe, read_sites, unit_dims
 from ._qk import fit_scale, key_effects, query_effects
 from ._results import AttributionResult
 from .grads import _grad
@@ -146,7 +146,9 @@ def attribution_patching(
     )
     qk = _QK(model, qk_layers) if qk_layers else None
     source_enc, base_enc = pairs.runs(mode)
-    source, source_metric = _read(model, source_enc, targets, qk, metric, pairs.n)
+    source, source_metric = read_sites(
+        model, source_enc, targets, metric, pairs.n, also=qk.read if qk is not None else None
+    )
     if qk is not None:
         qk.fit(source)
     labels = {name: _axis_values(axes, ts, source, pairs, None, None) for name, axes, ts in plans}
@@ -252,28 +254,6 @@ class _QK:
                     "cannot be recomputed from patched queries or keys",
                 )
             self.scale[layer] = scale
-
-
-def _read(
-    model: StandardizedTransformer,
-    encoding: dict[str, torch.Tensor],
-    targets: list[ToolSite],
-    qk: _QK | None,
-    metric: Any,
-    n: int,
-) -> tuple[dict[str, torch.Tensor], float]:
-    edits = Edits()
-    for t in targets:
-        edits.add(t, None, keep=True)
-    if qk is not None:
-        qk.read(edits)
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), model.trace(encoding, **logits_kwargs(model, metric)):
-        edits.run(model)
-        out["logits"] = model.logits.save()
-    return {k: v.detach().clone() for k, v in edits.seen.items()}, float(
-        metric_value(metric, out["logits"], n)
-    )
 
 
 class _DropBlock(torch.autograd.Function):

@@ -34,7 +34,7 @@ import torch
 from ._aliases import resolve_name
 from ._errors import InputError
 from ._pairs import check_mode, encode_pairs, positive_int
-from ._probes import Edits, ToolSite
+from ._probes import Edits, ToolSite, read_sites
 from ._results import PatchResult
 from .metrics import check_metric, logits_kwargs, metric_value
 
@@ -143,9 +143,8 @@ def path_patch(
     heads = [_site(model, f"head_outputs.{i}") for i in range(first, last + 1)]
     mlps = [_site(model, f"mlps_output.{i}") for i in range(first, last + 1)]
     receiver_sites = [_receiver_site(model, kind, layer) for kind, layer, _ in parsed_receivers]
-    source, _ = _read(model, source_enc, heads + mlps, metric, pairs.n)
-    base, base_metric = _read(model, base_enc, heads + mlps, metric, pairs.n)
-    _, source_metric = _read(model, source_enc, [], metric, pairs.n)
+    source, source_metric = read_sites(model, source_enc, heads + mlps, metric, pairs.n)
+    base, base_metric = read_sites(model, base_enc, heads + mlps, metric, pairs.n)
     n = pairs.n
     per_chunk = max(1, batch_size // n)
     values: list[torch.Tensor] = []
@@ -198,25 +197,6 @@ def _receiver_site(model: StandardizedTransformer, kind: str, layer: int) -> Too
         "logits": f"layers_output.{model.num_layers - 1}",
     }[kind]
     return _site(model, name)
-
-
-def _read(
-    model: StandardizedTransformer,
-    encoding: dict[str, torch.Tensor],
-    sites: list[ToolSite],
-    metric: Any,
-    n: int,
-) -> tuple[dict[str, torch.Tensor], float]:
-    edits = Edits()
-    for site in sites:
-        edits.add(site, None, keep=True)
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), model.trace(encoding, **logits_kwargs(model, metric)):
-        edits.run(model)
-        out["logits"] = model.logits.save()
-    return {k: v.detach().clone() for k, v in edits.seen.items()}, float(
-        metric_value(metric, out["logits"], n)
-    )
 
 
 def _held(
