@@ -20,6 +20,18 @@ from typing import Any
 
 import torch
 
+#: Eight short prompts of different lengths (left-padded together), for the trace and memory benchmarks.
+PROMPTS = (
+    "The Eiffel Tower is in the city of",
+    "The capital of France is Paris, and the capital of Japan is",
+    "She said that he would come back tomorrow morning, but",
+    "one two three four five six seven",
+    "The cat sat on the mat with a dog and",
+    "In 1969 the first people walked on the Moon, and",
+    "hello world, the weather today is",
+    "A B C D E F G H",
+)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -23,18 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Figure, add_common_arguments, apply_threads, report
+from _harness import PROMPTS, Figure, add_common_arguments, apply_threads, report
 
-PROMPTS = (
-    "The Eiffel Tower is in the city of",
-    "The capital of France is Paris, and the capital of Japan is",
-    "She said that he would come back tomorrow morning, but",
-    "one two three four five six seven",
-    "The cat sat on the mat with a dog and",
-    "In 1969 the first people walked on the Moon, and",
-    "hello world, the weather today is",
-    "A B C D E F G H",
-)
 MIB = 1 << 20
 
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
     DTYPES,
+    PROMPTS,
     Figure,
     add_common_arguments,
     apply_threads,
@@ -76,17 +77,6 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-llama": ("llama", {}),
     "uniterp-tiny": ("", {}),
 }
-
-PROMPTS = (
-    "The Eiffel Tower is in the city of",
-    "The capital of France is Paris, and the capital of Japan is",
-    "She said that he would come back tomorrow morning, but",
-    "one two three four five six seven",
-    "The cat sat on the mat with a dog and",
-    "In 1969 the first people walked on the Moon, and",
-    "hello world, the weather today is",
-    "A B C D E F G H",
-)
 
 #: Goals, held on the CPU: (shape, batch) -> (figure, goal).
 GOALS = {("gpt2-small", 8): "<= 1.05", ("uniterp-tiny", 1): "<= 1.0"}
