@@ -72,13 +72,9 @@ def _is_mixer(module: torch.nn.Module) -> bool:
     return STATE_MIXER_CLASS.search(name) is not None
 
 
-def _mixers(layer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The outermost mixer modules inside one decoder layer, by relative path."""
-    found: list[tuple[str, torch.nn.Module]] = []
-    for path, module in layer.named_modules():
-        if path and _is_mixer(module) and not any(path.startswith(f"{outer}.") for outer, _ in found):
-            found.append((path, module))
-    return found
+def _mixer_path(layer: torch.nn.Module) -> str | None:
+    """The relative path of the first outermost mixer module inside one decoder layer."""
+    return next((path for path, module in layer.named_modules() if path and _is_mixer(module)), None)
 
 
 def _no_state(binding: Any, i: int) -> str:
@@ -149,35 +145,34 @@ def locate_mixer_states(model: StandardizedTransformer) -> tuple[dict[int, State
     binding = model.binding
     n = binding.sizes.num_layers
     skeleton = native_module(model).get_submodule(binding.spec.layers)  # no weights needed yet
-    found = {i: [rel for rel, _ in _mixers(skeleton[i])] for i in range(n)}
-    reasons = {i: _no_state(binding, i) for i, rels in found.items() if not rels}
+    found = {i: _mixer_path(skeleton[i]) for i in range(n)}
+    reasons = {i: _no_state(binding, i) for i, rel in found.items() if rel is None}
     if len(reasons) == n:
         return {}, reasons  # no forward, no weights loaded
     model.dispatch()
-    stack = native_module(model).get_submodule(binding.spec.layers)
-    candidates = {i: [(rel, stack[i].get_submodule(rel)) for rel in rels] for i, rels in found.items()}
     root = native_module(model)
+    stack = root.get_submodule(binding.spec.layers)
+    mixers = {i: (rel, stack[i].get_submodule(rel)) for i, rel in found.items() if rel is not None}
     encoding = pipeline_text_encoding(model, [PROBE_PROMPT])
     if encoding is None:
         return {}, {i: reasons.get(i, "the model takes no text prompt to probe with") for i in range(n)}
-    seen: dict[int, Any] = {}
-    calls: list[tuple[str, int]] = []  # the order in which mixers and attention modules start
+    seen: dict[int, Any] = {}  # layer -> the cache its mixer received
+    started: dict[tuple[str, int], int] = {}  # (mixer | attention, layer) -> when it started
     handles = []
-    for i, mixers in candidates.items():
-        if mixers:
+    for i, (_, mixer) in mixers.items():
 
-            def grab(_module: Any, args: Any, kwargs: Any, i: int = i) -> None:
-                seen.setdefault(i, _find_cache(args, kwargs))
-                calls.append(("mixer", i))
+        def grab(_module: Any, args: Any, kwargs: Any, i: int = i) -> None:
+            seen.setdefault(i, _find_cache(args, kwargs))
+            started.setdefault(("mixer", i), len(started))
 
-            handles.append(mixers[0][1].register_forward_pre_hook(grab, with_kwargs=True))
-            attention = binding.layout.modules[i].get("self_attn")
-            if attention is not None:
+        handles.append(mixer.register_forward_pre_hook(grab, with_kwargs=True))
+        attention = binding.layout.modules[i].get("self_attn")
+        if attention is not None:
 
-                def started(*_: Any, i: int = i) -> None:
-                    calls.append(("attention", i))
+            def start(*_: Any, i: int = i) -> None:
+                started.setdefault(("attention", i), len(started))
 
-                handles.append(stack[i].get_submodule(attention).register_forward_pre_hook(started))
+            handles.append(stack[i].get_submodule(attention).register_forward_pre_hook(start))
     try:
         root(**forward_inputs(model, encoding), use_cache=True)
     except Exception as error:  # a model that cannot run with a cache: every other value still works
@@ -187,16 +182,12 @@ def locate_mixer_states(model: StandardizedTransformer) -> tuple[dict[int, State
         for handle in handles:
             handle.remove()
     sites: dict[int, StateSite] = {}
-    for i, mixers in candidates.items():
-        if not mixers:
-            continue
-        rel, mixer = mixers[0]
+    for i, (rel, mixer) in mixers.items():
         path = f"{binding.spec.layers}.{i}.{rel}"
         index = getattr(mixer, "layer_idx", i)
         cache = seen.get(i)
         held = _held_state(mixer)
-        after = ("attention", i) in calls and ("mixer", i) in calls
-        after = after and calls.index(("attention", i)) < calls.index(("mixer", i))
+        after = started.get(("attention", i), len(started)) < started.get(("mixer", i), -1)
         if cache is not None and isinstance(index, int) and cache_state(cache, index) is not None:
             sites[i] = StateSite(path, "cache", index, after_attention=after)
         elif held is not None:
