@@ -152,6 +152,15 @@ def test_writes_and_bad_indices_are_refused() -> None:
         model.mixer_states[0] = torch.zeros(2, 4)
     with pytest.raises(LayerIndexError), torch.no_grad(), model.trace(TWO):
         model.mixer_states[model.num_layers].save()
+    for odd in ("0", 1.5, slice(0, 2), None):
+        with pytest.raises(LayerIndexError, match="must be an int"), torch.no_grad(), model.trace(TWO):
+            model.mixer_states[odd].save()  # type: ignore[index]
+    with pytest.raises(InputError, match="read-only"), torch.no_grad(), model.trace(TWO):
+        model.sites["mixer_states.0"] = torch.zeros(3)
+    with pytest.raises(LayerIndexError):
+        run_with_cache(model, TWO, names=["mixer_states.9"])
+    with pytest.raises(InputError, match="not a standardized value"):
+        run_with_cache(model, TWO, names=["mixer_states"])
     with pytest.raises(OutsideTraceError):
         model.mixer_states[0]  # noqa: B018
     with (
