@@ -23,6 +23,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 
 from uniterp._errors import InputError, ShapeError, UnavailableError
 from uniterp._mlp_weights import MLPWeights, mlp_weights, moe_weights
+from uniterp._nnsight_compat import native_module
 from uniterp._weights import (
     attention_weights,
     embedding_weights,
@@ -31,6 +32,8 @@ from uniterp._weights import (
     unembedding_weights,
 )
 from uniterp.testing import TINY_FAMILIES, tiny_model_path
+
+from conftest import PROMPTS, load_tiny
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -592,6 +595,30 @@ def test_expand_kv_errors() -> None:
         expand_kv(w, 0)
     with pytest.raises(InputError, match="tensor"):
         expand_kv([1, 2], 2)  # type: ignore[arg-type]
+    for dim in (3, -4, 1.0, True):
+        with pytest.raises(InputError, match="dim must be an int"):
+            expand_kv(w, 6, dim=dim)  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match="heads at dim 1"):
+        expand_kv(w, 6, dim=1)  # 8 heads there
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma2"])
+def test_expand_kv_of_keys_and_values_equals_hfs_repeat_kv(family: str) -> None:
+    """The keys/values a trace reads, expanded at dim=1, equal HF's own repeat_kv of them."""
+    from uniterp import expand_kv as exported
+
+    model = load_tiny(family)
+    with torch.no_grad(), model.trace(PROMPTS[:2]):
+        k = model.keys[0].save()
+        v = model.values[0].save()
+    repeat_kv = sys.modules[type(native_module(model).model.layers[0].self_attn).__module__].repeat_kv
+    groups = model.num_heads // k.shape[1]
+    assert groups > 1, "the tiny model is meant to group its key/value heads"
+    for t in (k, v):
+        expanded = exported(t, model.num_heads, dim=1)
+        assert expanded.shape[1] == model.num_heads
+        assert torch.equal(expanded, repeat_kv(t, groups))
+        assert torch.equal(exported(t, model.num_heads, dim=-3), expanded)
 
 
 def test_wrong_module_arguments_are_input_errors() -> None:

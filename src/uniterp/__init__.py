@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "SupportReport": "._support",
     "ValueSupport": "._support",
     "LayerWeights": "._weight_views",
+    "expand_kv": "._weights",
     "ActivationStore": ".activation_store",
     "collect_activations": ".activation_store",
     "load_activations": ".activation_store",
@@ -154,6 +155,7 @@ if TYPE_CHECKING:
     from ._support import SupportReport as SupportReport
     from ._support import ValueSupport as ValueSupport
     from ._weight_views import LayerWeights as LayerWeights
+    from ._weights import expand_kv as expand_kv
     from .activation_store import ActivationStore as ActivationStore
     from .activation_store import collect_activations as collect_activations
     from .activation_store import load_activations as load_activations
@@ -246,6 +248,7 @@ __all__ = [
     "ConfigSwitch",
     "edge_attribution_patching",
     "EdgeScores",
+    "expand_kv",
     "generate_with_latent_steering",
     "generate_with_steering",
     "get_first_tokens",

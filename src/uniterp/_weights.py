@@ -146,26 +146,31 @@ class UnembeddingWeights:
     has_bias: bool
 
 
-def expand_kv(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Repeat grouped key/value heads (dim 0) so there is one per query head.
+def expand_kv(weight: torch.Tensor, n_heads: int, dim: int = 0) -> torch.Tensor:
+    """Repeat grouped key/value heads (dimension ``dim``) so there is one per query head.
 
     Example::
 
         >>> expand_kv(w.W_K, w.n_heads).shape    # (n_kv_heads, hidden, d) -> (n_heads, hidden, d)
+        >>> with model.trace("Hello"):
+        ...     k = model.keys[0].save()            # (batch, n_kv_heads, seq, head_dim)
+        >>> expand_kv(k, model.num_heads, dim=1).shape   # (batch, n_heads, seq, head_dim)
 
     Query head ``h`` reads key/value head ``h // (n_heads // n_kv_heads)``, as HF's
     ``repeat_kv``. Works on ``W_K``/``W_V`` ``(n_kv_heads, hidden, head_dim)``, ``b_K``/``b_V``
-    ``(n_kv_heads, head_dim)`` and on per-head activations with heads first.
+    ``(n_kv_heads, head_dim)`` (heads first, the default ``dim=0``), and on the ``keys`` and
+    ``values`` a trace reads ``(batch, n_kv_heads, seq, head_dim)`` with ``dim=1``.
 
     Args:
-        weight: A tensor whose first dimension is the key/value heads.
-        n_heads: Number of query heads; a multiple of ``weight.shape[0]``.
+        weight: A tensor with the key/value heads along ``dim``.
+        n_heads: Number of query heads; a multiple of ``weight.shape[dim]``.
+        dim: The heads' dimension (negative counts from the end).
 
     Returns:
-        ``(n_heads, *weight.shape[1:])`` (a new tensor unless nothing is repeated).
+        ``weight`` with ``n_heads`` along ``dim`` (a new tensor unless nothing is repeated).
 
     Raises:
-        InputError: ``weight`` is not a tensor of at least one dimension, or ``n_heads`` is
+        InputError: ``weight`` is not a tensor with a dimension ``dim``, or ``n_heads`` is
             not a positive int.
         ShapeError: ``n_heads`` is not a multiple of the key/value heads.
     """
@@ -174,17 +179,22 @@ def expand_kv(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
             f"expand_kv expects a tensor with key/value heads first, e.g. W_K (n_kv_heads, hidden, head_dim); "
             f"got {type(weight).__name__}{'' if not isinstance(weight, torch.Tensor) else ' of 0 dims'}"
         )
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -weight.dim() <= dim < weight.dim():
+        raise InputError(
+            f"expand_kv: dim must be an int in [{-weight.dim()}, {weight.dim()}) for a tensor of shape "
+            f"{tuple(weight.shape)}; got {dim!r} (keys/values read in a trace have their heads at dim=1)"
+        )
     if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
         raise InputError(f"expand_kv: n_heads must be a positive int (the query heads); got {n_heads!r}")
-    n_kv = weight.shape[0]
+    n_kv = weight.shape[dim]
     if n_heads % n_kv:
         raise ShapeError(
             f"expand_kv: {n_heads} query heads cannot share {n_kv} key/value heads evenly "
-            f"(weight shape {tuple(weight.shape)}); pass the model's n_heads, a multiple of {n_kv}"
+            f"(shape {tuple(weight.shape)}, heads at dim {dim}); pass the model's n_heads, a multiple of {n_kv}"
         )
     if n_heads == n_kv:
         return weight
-    return weight.repeat_interleave(n_heads // n_kv, dim=0)
+    return weight.repeat_interleave(n_heads // n_kv, dim=dim)
 
 
 def linear_rows(
